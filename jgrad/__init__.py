@@ -1,0 +1,7 @@
+"""jgrad: measure, explain and cure vanishing and exploding gradients in JAX."""
+
+__version__ = "0.1.0"
+
+from jgrad import analyze, data, init, nn  # noqa: E402
+
+__all__ = ["__version__", "analyze", "data", "init", "nn"]

@@ -1,0 +1,92 @@
+"""Argument validation shared by every constructor and entry point.
+
+Each check raises a ``ValueError`` whose message names the argument, what was expected, what
+was given and how to fix it, before anything is traced. Messages are one string (never a
+tuple) so that ``str(err)`` reads as a sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def _fail(name: str, expected: str, got: Any, fix: str | None = None) -> None:
+    msg = f"`{name}` must be {expected}, got {got!r}."
+    if fix:
+        msg += f" {fix}"
+    raise ValueError(msg)
+
+
+def positive_int(name: str, value: Any, fix: str | None = None) -> int:
+    """Returns ``value`` if it is an int >= 1, else raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(name, "a positive integer", value, fix or f"Pass e.g. {name}=8.")
+    return value
+
+
+def non_negative(name: str, value: Any, fix: str | None = None) -> float:
+    """Returns ``float(value)`` if it is a finite real >= 0, else raises ValueError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        _fail(name, "a non-negative number", value, fix)
+    if not v >= 0.0 or v == float("inf"):
+        _fail(name, "a finite non-negative number", value, fix or "Variances are >= 0.")
+    return v
+
+
+def positive(name: str, value: Any, fix: str | None = None) -> float:
+    """Returns ``float(value)`` if it is a finite real > 0, else raises ValueError."""
+    v = non_negative(name, value, fix)
+    if v == 0.0:
+        _fail(name, "a positive number", value, fix)
+    return v
+
+
+def probability(name: str, value: Any) -> float:
+    """Returns ``float(value)`` if it lies in [0, 1), else raises ValueError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        _fail(name, "a number in [0, 1)", value)
+    if not 0.0 <= v < 1.0:
+        _fail(
+            name,
+            "a probability in [0, 1)",
+            value,
+            f"{name} is the probability of dropping a unit; 0 disables dropout and 1 "
+            "would drop everything.",
+        )
+    return v
+
+
+def choice(name: str, value: Any, options: Iterable[str]) -> str:
+    """Returns ``value`` if it is one of ``options``, else raises ValueError listing them."""
+    options = list(options)
+    if not isinstance(value, str) or value not in options:
+        _fail(name, f"one of {options}", value, "Pick one of the listed names.")
+    return value
+
+
+def feature_size(
+    name: str, shape: Sequence[int], expected: int, *, layer: str, axis: int = -1
+) -> None:
+    """Raises if ``shape[axis] != expected`` (an input that does not fit the params)."""
+    if len(shape) == 0 or shape[axis] != expected:
+        _fail(
+            name,
+            f"an array whose last axis has size {expected} (the input size {layer} was "
+            "initialised for)",
+            f"shape {tuple(shape)}",
+            "Re-initialise the params with init(key, in_shape) for this input shape, or "
+            "reshape the input.",
+        )
+
+
+def rank(name: str, shape: Sequence[int], allowed: Iterable[int], fix: str) -> None:
+    """Raises if ``len(shape)`` is not among ``allowed``."""
+    allowed = tuple(allowed)
+    if len(shape) not in allowed:
+        ranks = " or ".join(str(r) for r in allowed)
+        _fail(name, f"an array of rank {ranks}", f"shape {tuple(shape)}", fix)

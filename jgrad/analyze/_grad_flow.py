@@ -1,0 +1,137 @@
+"""Per-layer gradient norms ||dL/dh_k||, computed in log space so that none underflows.
+
+Back-propagation multiplies the output cotangent by one layer Jacobian after another; in a
+vanishing regime the product drops below float32's smallest number (about 1e-45) and plain
+``jax.grad`` returns exact zeros. Here the cotangent is divided by its norm after every layer
+and the log of that norm is kept, which is exact because each vector-Jacobian product is
+linear in the cotangent: ``log ||g_k|| = sum_{j>k} log ||vjp_j(g_j / ||g_j||)||``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jgrad.nn._layer import Layer
+
+__all__ = ["GradFlow", "layer_grad_norms", "net_layers"]
+
+
+class GradFlow(NamedTuple):
+    """Gradient norms at every layer output of one backward pass.
+
+    Index k = 0 is the input h_0 = x; k >= 1 is the output h_k of layer k (``len(layers)+1``
+    entries).
+
+    Attributes:
+        log10_norm: (K+1,) log10 ||dL/dh_k|| (Frobenius norm over the whole input batch),
+            computed stably; ``-inf`` only when the gradient is exactly zero (a dead ReLU
+            layer), never because of underflow.
+        raw_norm: (K+1,) ||dL/dh_k|| from the plain float32 backward pass (what ``jax.grad``
+            gives); 0 where it underflowed.
+        underflow: (K+1,) bool, the plain gradient is exactly zero although the stable one is
+            finite.
+        forward_finite: (K+1,) bool, every entry of h_k is finite.
+        loss: the scalar loss.
+    """
+
+    log10_norm: jax.Array
+    raw_norm: jax.Array
+    underflow: jax.Array
+    forward_finite: jax.Array
+    loss: jax.Array
+
+
+def net_layers(net: Layer | tuple | list) -> tuple[Layer, ...]:
+    """The layers of a network: ``net.layers`` for ``serial``, a sequence as given, else
+    ``(net,)``.
+
+    Raises:
+        ValueError: if ``net`` is neither a Layer nor a sequence of Layers.
+    """
+    if isinstance(net, Layer):
+        return tuple(getattr(net, "layers", (net,)))
+    if isinstance(net, (tuple, list)) and net and all(isinstance(x, Layer) for x in net):
+        return tuple(net)
+    raise ValueError(
+        f"`net` must be a jgrad.nn.Layer or a non-empty sequence of Layers, got "
+        f"{type(net).__name__}. Build it with jgrad.nn.serial(...) or jgrad.nn.mlp(...)."
+    )
+
+
+def layer_grad_norms(
+    net: Layer,
+    params,
+    x: jax.Array,
+    loss_fn: Callable[[jax.Array], jax.Array],
+    *,
+    train: bool = False,
+    key: jax.Array | None = None,
+) -> GradFlow:
+    """Gradient norms ||dL/dh_k|| at every layer output, in log space.
+
+    Args:
+        net: a ``serial`` network (or a sequence of Layers, or a single Layer).
+        params: its params (a tuple, one entry per layer).
+        x: the input, one example or a batch (the network's apply must accept it; a batch is
+            needed for batch norm in train mode).
+        loss_fn: ``loss_fn(y) -> scalar`` on the network output (close over targets).
+        train: apply layers in train mode (dropout, batch statistics).
+        key: dropout key, split once per layer as ``serial`` does.
+
+    Returns:
+        A :class:`GradFlow`.
+
+    Examples:
+        >>> import jax, jgrad
+        >>> net = jgrad.nn.mlp(60, 32, activation="sigmoid", init="standard_uniform")
+        >>> _, params = net.init(jax.random.key(0), (32,))
+        >>> x = jax.random.normal(jax.random.key(1), (8, 32))
+        >>> flow = jgrad.analyze.layer_grad_norms(net, params, x, lambda y: (y**2).sum())
+        >>> bool(flow.underflow[0]), bool(flow.log10_norm[0] < -40)
+        (True, True)
+    """
+    layers = net_layers(net)
+    if len(params) != len(layers):
+        raise ValueError(
+            f"`params` must have one entry per layer ({len(layers)}), got {len(params)}. "
+            "Pass the params returned by net.init."
+        )
+    keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+    hs = [x]
+    vjps = []
+    for layer, p, k in zip(layers, params, keys, strict=True):
+        h, f = jax.vjp(lambda h_in, p=p, k=k, layer=layer: layer.apply(
+            p, h_in, train=train, key=k), hs[-1])
+        hs.append(h)
+        vjps.append(f)
+    loss, g = jax.value_and_grad(loss_fn)(hs[-1])
+
+    def norm(v):
+        return jnp.sqrt(jnp.sum(jnp.square(v)))
+
+    raw = g
+    n = norm(g)
+    log_scale = jnp.log10(n)
+    g = jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), g)
+    logs, raws = [log_scale], [n]
+    for f in reversed(vjps):
+        (raw,) = f(raw)
+        (g,) = f(g)
+        n = norm(g)
+        log_scale = log_scale + jnp.log10(n)
+        g = jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), g)
+        logs.append(log_scale)
+        raws.append(norm(raw))
+    log10_norm = jnp.stack(logs[::-1])
+    raw_norm = jnp.stack(raws[::-1])
+    return GradFlow(
+        log10_norm=log10_norm,
+        raw_norm=raw_norm,
+        underflow=(raw_norm == 0) & jnp.isfinite(log10_norm),
+        forward_finite=jnp.stack([jnp.all(jnp.isfinite(h)) for h in hs]),
+        loss=loss,
+    )
