@@ -32,8 +32,8 @@ class GradFlow(NamedTuple):
             layer), never because of underflow.
         raw_norm: (K+1,) ||dL/dh_k|| from the plain float32 backward pass (what ``jax.grad``
             gives); 0 where it underflowed.
-        underflow: (K+1,) bool, the plain gradient is exactly zero although the stable one is
-            finite.
+        underflow: (K+1,) bool, every entry of the plain float32 gradient dL/dh_k is exactly
+            zero although the stable norm is finite: it underflowed.
         forward_finite: (K+1,) bool, every entry of h_k is finite.
         loss: the scalar loss.
     """
@@ -111,13 +111,16 @@ def layer_grad_norms(
     loss, g = jax.value_and_grad(loss_fn)(hs[-1])
 
     def norm(v):
-        return jnp.sqrt(jnp.sum(jnp.square(v)))
+        # Scale by max|v| first: squaring a 1e-20 entry would itself underflow float32.
+        m = jnp.max(jnp.abs(v))
+        safe = jnp.where(m > 0, m, 1.0)
+        return jnp.where(m > 0, m * jnp.sqrt(jnp.sum(jnp.square(v / safe))), 0.0)
 
     raw = g
     n = norm(g)
     log_scale = jnp.log10(n)
     g = jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), g)
-    logs, raws = [log_scale], [n]
+    logs, raws, zeros = [log_scale], [n], [jnp.all(raw == 0)]
     for f in reversed(vjps):
         (raw,) = f(raw)
         (g,) = f(g)
@@ -126,12 +129,13 @@ def layer_grad_norms(
         g = jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), g)
         logs.append(log_scale)
         raws.append(norm(raw))
+        zeros.append(jnp.all(raw == 0))
     log10_norm = jnp.stack(logs[::-1])
     raw_norm = jnp.stack(raws[::-1])
     return GradFlow(
         log10_norm=log10_norm,
         raw_norm=raw_norm,
-        underflow=(raw_norm == 0) & jnp.isfinite(log10_norm),
+        underflow=jnp.stack(zeros[::-1]) & jnp.isfinite(log10_norm),
         forward_finite=jnp.stack([jnp.all(jnp.isfinite(h)) for h in hs]),
         loss=loss,
     )

@@ -1,0 +1,25 @@
+"""Experiments: runs behind the ``jgrad`` command, and atomic result files."""
+
+from jgrad.experiments._demo import DEMO_NETS as DEMO_NETS
+from jgrad.experiments._demo import DemoConfig as DemoConfig
+from jgrad.experiments._demo import format_table as format_table
+from jgrad.experiments._demo import plot_demo as plot_demo
+from jgrad.experiments._demo import run_demo as run_demo
+from jgrad.experiments._demo import write_demo as write_demo
+from jgrad.experiments._io import atomic_write as atomic_write
+from jgrad.experiments._io import provenance as provenance
+from jgrad.experiments._io import save_figure as save_figure
+from jgrad.experiments._io import save_json as save_json
+
+__all__ = [
+    "DEMO_NETS",
+    "DemoConfig",
+    "atomic_write",
+    "format_table",
+    "plot_demo",
+    "provenance",
+    "run_demo",
+    "save_figure",
+    "save_json",
+    "write_demo",
+]
