@@ -14,7 +14,7 @@ from jax import lax
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._layer import Layer, plain_layer
+from jgrad.nn._layer import Layer, lead, plain_layer
 from jgrad.nn._dense import _w_init
 
 __all__ = ["conv2d", "avg_pool", "global_avg_pool", "flatten"]
@@ -96,7 +96,7 @@ def conv2d(
         y = lax.conv_general_dilated(
             xb, params["w"], st, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-        y = y + params["b"]
+        y = y + lead(params["b"], y.ndim)
         return y[0] if single else y
 
     return plain_layer(init, fn)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._layer import Layer, plain_layer
+from jgrad.nn._layer import Layer, lead, plain_layer
 
 __all__ = ["dense", "maxout"]
 
@@ -64,7 +64,8 @@ def dense(
 
     def fn(params, x):
         _checks.feature_size("x", jnp.shape(x), params["w"].shape[0], layer="dense")
-        return x @ params["w"] + params["b"]
+        y = x @ params["w"]
+        return y + lead(params["b"], y.ndim)
 
     return plain_layer(init, fn)
 
@@ -107,7 +108,8 @@ def maxout(
 
     def fn(params, x):
         _checks.feature_size("x", jnp.shape(x), params["w"].shape[1], layer="maxout")
-        z = jnp.einsum("...i,kio->...ko", x, params["w"]) + params["b"]
+        z = jnp.einsum("...i,kio->...ko", x, params["w"])
+        z = z + lead(params["b"], z.ndim)
         return jnp.max(z, axis=-2)
 
     return plain_layer(init, fn)

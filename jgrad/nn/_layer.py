@@ -26,7 +26,7 @@ from jgrad import _checks
 Params = Any
 Shape = tuple[int, ...]
 
-__all__ = ["Layer", "Params", "Shape", "serial", "plain_layer", "check_in_shape"]
+__all__ = ["Layer", "Params", "Shape", "serial", "plain_layer", "check_in_shape", "lead"]
 
 
 class Layer(NamedTuple):
@@ -48,6 +48,12 @@ class SerialLayer(Layer):
     ``.block_ends``: the indices of the layers whose outputs are the blocks' outputs h_l
     (e.g. after each activation of an MLP).
     """
+
+
+def lead(v: jax.Array, ndim: int) -> jax.Array:
+    """Adds leading unit axes to ``v`` up to rank ``ndim``: explicit broadcasting, so layers
+    work under ``jax_numpy_rank_promotion="raise"``."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
 
 
 def check_in_shape(in_shape: Any) -> Shape:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.nn._layer import Layer, check_in_shape, plain_layer
+from jgrad.nn._layer import Layer, check_in_shape, lead, plain_layer
 
 __all__ = ["batch_norm", "layer_norm"]
 
@@ -64,11 +64,13 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
                 )
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            var = jnp.mean(jnp.square(x - lead(mean, x.ndim)), axis=axes)
         else:
             mean = jax.lax.stop_gradient(params["mean"])
             var = jax.lax.stop_gradient(params["var"])
-        y = (x - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
+        n = jnp.ndim(x)
+        inv = jax.lax.rsqrt(var + eps) * params["scale"]
+        y = (x - lead(mean, n)) * lead(inv, n) + lead(params["offset"], n)
         if not return_state:
             return y
         new = dict(params)
@@ -108,6 +110,8 @@ def layer_norm(eps: float = 1e-5) -> Layer:
         _checks.feature_size("x", jnp.shape(x), params["scale"].shape[0], layer="layer_norm")
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + eps) * params["scale"] + params["offset"]
+        n = jnp.ndim(x)
+        y = (x - mean) * jax.lax.rsqrt(var + eps)
+        return y * lead(params["scale"], n) + lead(params["offset"], n)
 
     return plain_layer(init, fn)
