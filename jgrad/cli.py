@@ -14,7 +14,9 @@ __all__ = ["main"]
 def _demo(args: argparse.Namespace) -> int:
     from jgrad.experiments import DemoConfig, format_table, run_demo, write_demo
 
-    config = DemoConfig(depth=args.depth, width=args.width, batch=args.batch, seed=args.seed)
+    config = DemoConfig(
+        depth=args.depth, width=args.width, batch=args.batch, seed=args.seed
+    )
     result = run_demo(config, progress=not args.quiet)
     print(format_table(result, every=args.every))
     paths = write_demo(result, args.out)
@@ -42,12 +44,20 @@ def _parser() -> argparse.ArgumentParser:
             "demo.json and demo.png to --out."
         ),
     )
-    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--seed", type=int, default=0, help="seed for data and init (default 0)")
+    d.add_argument(
+        "--out", default="runs/demo", help="output folder (default runs/demo)"
+    )
+    d.add_argument(
+        "--seed", type=int, default=0, help="seed for data and init (default 0)"
+    )
     d.add_argument("--depth", type=int, default=50, help="hidden layers (default 50)")
     d.add_argument("--width", type=int, default=256, help="layer width (default 256)")
-    d.add_argument("--batch", type=int, default=64, help="examples in the loss (default 64)")
-    d.add_argument("--every", type=int, default=1, help="print every n-th layer (default 1)")
+    d.add_argument(
+        "--batch", type=int, default=64, help="examples in the loss (default 64)"
+    )
+    d.add_argument(
+        "--every", type=int, default=1, help="print every n-th layer (default 1)"
+    )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
     return p

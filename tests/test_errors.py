@@ -25,11 +25,23 @@ def _raises(fn, *patterns):
         (dict(depth=0, width=8), ["`depth`", "positive integer", "got 0"]),
         (dict(depth=3, width=-4), ["`width`", "positive integer", "got -4"]),
         (dict(depth=2.5, width=8), ["`depth`", "got 2.5"]),
-        (dict(depth=3, width=8, activation="tanhh"), ["`activation`", "'tanh'", "'tanhh'"]),
-        (dict(depth=3, width=8, init="kaiming"), ["`init`", "'he_normal'", "'kaiming'"]),
-        (dict(depth=3, width=8, drop_prob=1.0), ["`drop_prob`", r"\[0, 1\)", "got 1.0"]),
+        (
+            dict(depth=3, width=8, activation="tanhh"),
+            ["`activation`", "'tanh'", "'tanhh'"],
+        ),
+        (
+            dict(depth=3, width=8, init="kaiming"),
+            ["`init`", "'he_normal'", "'kaiming'"],
+        ),
+        (
+            dict(depth=3, width=8, drop_prob=1.0),
+            ["`drop_prob`", r"\[0, 1\)", "got 1.0"],
+        ),
         (dict(depth=3, width=8, drop_prob=-0.1), ["`drop_prob`", "got -0.1"]),
-        (dict(depth=3, width=8, weight_var=-1.0), ["`weight_var`", "non-negative", "-1.0"]),
+        (
+            dict(depth=3, width=8, weight_var=-1.0),
+            ["`weight_var`", "non-negative", "-1.0"],
+        ),
         (dict(depth=3, width=8, bias_var=-0.5), ["`bias_var`", "-0.5"]),
         (dict(depth=3, width=8, norm="group"), ["`norm`", "'batch'", "'group'"]),
         (
@@ -61,23 +73,36 @@ def test_input_that_does_not_fit_the_params(getkey):
     net = nn.mlp(2, 8)
     _, params = net.init(getkey(), (5,))
     x = jax.random.normal(getkey(), (7,))
-    msg = _raises(lambda: net.apply(params, x), "`x`", "size 5", r"shape \(7,\)", "init")
+    msg = _raises(
+        lambda: net.apply(params, x), "`x`", "size 5", r"shape \(7,\)", "init"
+    )
     assert "dense" in msg
     # The check happens before tracing: it also fires under jit, with the same message.
     _raises(lambda: jax.jit(net.apply)(params, x), "`x`", "size 5")
-    _raises(lambda: net.apply(params[:3], x[:5]), "`params`", "4 per-layer entries", "got 3")
+    _raises(
+        lambda: net.apply(params[:3], x[:5]), "`params`", "4 per-layer entries", "got 3"
+    )
 
 
 def test_wrong_rank_and_shapes(getkey):
     conv = nn.conv2d(4)
     _, p = conv.init(getkey(), (8, 8, 3))
-    _raises(lambda: conv.apply(p, jnp.arange(24.0).reshape(8, 3)), "`x`", "rank 3 or 4", "(B, H, W, C)")
+    _raises(
+        lambda: conv.apply(p, jnp.arange(24.0).reshape(8, 3)),
+        "`x`",
+        "rank 3 or 4",
+        "(B, H, W, C)",
+    )
     _raises(lambda: conv.init(getkey(), (8, 3)), "`in_shape`", r"\(H, W, C\)")
-    _raises(lambda: nn.dense(3).init(getkey(), 5), "`in_shape`", "tuple of positive ints")
+    _raises(
+        lambda: nn.dense(3).init(getkey(), 5), "`in_shape`", "tuple of positive ints"
+    )
     _raises(lambda: nn.dense(3).init(getkey(), (0,)), "`in_shape`")
     bn = nn.batch_norm()
     _, p = bn.init(getkey(), (4,))
-    _raises(lambda: bn.apply(p, jnp.arange(1.0, 5.0), train=True), "`x`", "batch", "vmap")
+    _raises(
+        lambda: bn.apply(p, jnp.arange(1.0, 5.0), train=True), "`x`", "batch", "vmap"
+    )
     _raises(lambda: bn.apply(p, jnp.arange(1.0, 7.0).reshape(2, 3)), "`x`", "size 4")
 
 

@@ -54,7 +54,11 @@ def net_layers(net: Layer | tuple | list) -> tuple[Layer, ...]:
     """
     if isinstance(net, Layer):
         return tuple(getattr(net, "layers", (net,)))
-    if isinstance(net, (tuple, list)) and net and all(isinstance(x, Layer) for x in net):
+    if (
+        isinstance(net, (tuple, list))
+        and net
+        and all(isinstance(x, Layer) for x in net)
+    ):
         return tuple(net)
     raise ValueError(
         f"`net` must be a jgrad.nn.Layer or a non-empty sequence of Layers, got "
@@ -100,12 +104,20 @@ def layer_grad_norms(
             f"`params` must have one entry per layer ({len(layers)}), got {len(params)}. "
             "Pass the params returned by net.init."
         )
-    keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+    keys = (
+        [None] * len(layers)
+        if key is None
+        else list(jax.random.split(key, len(layers)))
+    )
     hs = [x]
     vjps = []
     for layer, p, k in zip(layers, params, keys, strict=True):
-        h, f = jax.vjp(lambda h_in, p=p, k=k, layer=layer: layer.apply(
-            p, h_in, train=train, key=k), hs[-1])
+        h, f = jax.vjp(
+            lambda h_in, p=p, k=k, layer=layer: layer.apply(
+                p, h_in, train=train, key=k
+            ),
+            hs[-1],
+        )
         hs.append(h)
         vjps.append(f)
     loss, g = jax.value_and_grad(loss_fn)(hs[-1])

@@ -23,7 +23,14 @@ import numpy as np
 from jgrad import _checks, analyze, nn
 from jgrad.experiments._io import provenance, save_figure, save_json
 
-__all__ = ["DemoConfig", "DEMO_NETS", "run_demo", "format_table", "plot_demo", "write_demo"]
+__all__ = [
+    "DemoConfig",
+    "DEMO_NETS",
+    "run_demo",
+    "format_table",
+    "plot_demo",
+    "write_demo",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,19 +88,27 @@ def _verdict(log10_ratio: float) -> str:
     lo, hi = np.log10(STABLE_BAND[0]), np.log10(STABLE_BAND[1])
     if not np.isfinite(log10_ratio):
         return "non-finite"
-    return "vanishing" if log10_ratio < lo else "exploding" if log10_ratio > hi else "stable"
+    return (
+        "vanishing"
+        if log10_ratio < lo
+        else "exploding"
+        if log10_ratio > hi
+        else "stable"
+    )
 
 
-def run_demo(config: DemoConfig = DemoConfig(), progress: bool = False) -> dict[str, Any]:
+def run_demo(
+    config: DemoConfig = DemoConfig(), progress: bool = False
+) -> dict[str, Any]:
     """Runs the demo; pure compute, no files.
 
     Returns:
         A dict with ``config``, ``provenance`` and ``nets``: for each network its spec,
         ``log10_norm`` (depth,) for h_1..h_depth, ``log10_ratio`` = log10 of
         ||dL/dh_1|| / ||dL/dh_depth||, ``verdict`` (vanishing/stable/exploding by
-        :data:`STABLE_BAND`; ``expect`` is the textbook prediction), ``underflow_layers`` (1-based layers whose plain float32
-        gradient is exactly zero), ``nonfinite_layers`` (forward activations not finite),
-        ``loss`` and ``seconds``.
+        :data:`STABLE_BAND`; ``expect`` is the textbook prediction),
+        ``underflow_layers`` (1-based layers whose plain float32 gradient is exactly zero),
+        ``nonfinite_layers`` (forward activations not finite), ``loss`` and ``seconds``.
     """
     from tqdm.auto import tqdm
 
@@ -131,7 +146,9 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: bool = False) -> dict[
                 "log10_ratio": ratio,
                 "verdict": _verdict(ratio),
                 "underflow_layers": (np.nonzero(flow.underflow[idx])[0] + 1).tolist(),
-                "nonfinite_layers": (np.nonzero(~flow.forward_finite[idx])[0] + 1).tolist(),
+                "nonfinite_layers": (
+                    np.nonzero(~flow.forward_finite[idx])[0] + 1
+                ).tolist(),
                 "loss": float(flow.loss),
                 "seconds": time.perf_counter() - start,
             }
@@ -152,17 +169,19 @@ def format_table(result: dict[str, Any], every: int = 1) -> str:
     depth = result["config"]["depth"]
     w = max(10, *(len(n["label"]) for n in nets))
     names = [n["label"] for n in nets]
-    lines = ["log10 ||dL/dh_l|| (computed in log space; * = the plain float32 gradient is 0)"]
+    lines = [
+        "log10 ||dL/dh_l|| (computed in log space; * = the plain float32 gradient is 0)"
+    ]
     lines.append("layer " + "".join(f"{nm:>{w + 2}}" for nm in names))
-    for l in range(1, depth + 1):
-        if (l - 1) % every and l != depth:
+    for layer in range(1, depth + 1):
+        if (layer - 1) % every and layer != depth:
             continue
         cells = []
         for n in nets:
-            v = n["log10_norm"][l - 1]
-            mark = "*" if l in n["underflow_layers"] else " "
+            v = n["log10_norm"][layer - 1]
+            mark = "*" if layer in n["underflow_layers"] else " "
             cells.append(f"{v:>{w + 1}.2f}{mark}")
-        lines.append(f"{l:>5} " + "".join(cells))
+        lines.append(f"{layer:>5} " + "".join(cells))
     lines.append("")
     lines.append(
         f"{'network':<{w}}  {'log10 first/last':>16}  {'first/last':>10}  {'verdict':<10} "
@@ -172,7 +191,9 @@ def format_table(result: dict[str, Any], every: int = 1) -> str:
         r = n["log10_ratio"]
         under = n["underflow_layers"]
         note = (
-            f"underflows to 0 at {len(under)} layers (1..{max(under)})" if under else "finite"
+            f"underflows to 0 at {len(under)} layers (1..{max(under)})"
+            if under
+            else "finite"
         )
         if n["nonfinite_layers"]:
             note += f"; forward non-finite from layer {n['nonfinite_layers'][0]}"
@@ -206,8 +227,10 @@ def plot_demo(result: dict[str, Any]):
     ax.set_xlabel("layer l")
     ax.set_ylabel(r"$\log_{10} \|\partial L / \partial h_l\|$")
     c = result["config"]
-    ax.set_title(f"Gradient norm per layer, depth {c['depth']}, width {c['width']} "
-                 "(x: float32 gradient is 0)")
+    ax.set_title(
+        f"Gradient norm per layer, depth {c['depth']}, width {c['width']} "
+        "(x: float32 gradient is 0)"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig

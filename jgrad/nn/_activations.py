@@ -63,7 +63,9 @@ def _numeric_sup(deriv: Callable[[np.ndarray], np.ndarray]) -> float:
 
 def _gelu_tanh_np(x):
     t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
-    return 0.5 * (1 + t) + 0.5 * x * (1 - t**2) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x**2)
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t**2) * _SQRT_2_OVER_PI * (
+        1 + 3 * 0.044715 * x**2
+    )
 
 
 def _silu_np(x):
@@ -99,9 +101,7 @@ def _hard_tanh():
 
 
 def _relu():
-    return Activation(
-        "relu", jax.nn.relu, lambda x: (x > 0).astype(x.dtype), 1.0, {}
-    )
+    return Activation("relu", jax.nn.relu, lambda x: (x > 0).astype(x.dtype), 1.0, {})
 
 
 def _leaky_relu(negative_slope=0.01):
@@ -135,7 +135,9 @@ def _selu():
         return lam * jnp.where(x > 0, x, a * jnp.expm1(jnp.minimum(x, 0.0)))
 
     def deriv(x):
-        return lam * jnp.where(x > 0, 1.0, a * jnp.exp(jnp.minimum(x, 0.0))).astype(x.dtype)
+        return lam * jnp.where(x > 0, 1.0, a * jnp.exp(jnp.minimum(x, 0.0))).astype(
+            x.dtype
+        )
 
     # sup of lam * a * e^x as x -> 0-: lam * a = 1.7581 > lam.
     return Activation("selu", fn, deriv, lam * a, {})
@@ -150,10 +152,9 @@ def _gelu():
         pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
         return cdf + x * pdf
 
-    # d/dx (Phi + x phi) = phi (2 - x^2) = 0 at x = sqrt(2): gamma = Phi(sqrt2) + sqrt2 phi(sqrt2).
-    r2 = math.sqrt(2.0)
-    gamma = 0.5 * (1 + math.erf(1.0)) + r2 * math.exp(-1.0) / math.sqrt(2 * math.pi)
-    del r2
+    # d/dx (Phi + x phi) = phi (2 - x^2) = 0 at x = sqrt(2):
+    # gamma = Phi(sqrt 2) + sqrt 2 phi(sqrt 2) = (1 + erf 1) / 2 + sqrt 2 e^-1 / sqrt(2 pi).
+    gamma = 0.5 * (1 + math.erf(1.0)) + math.exp(-1.0) / math.sqrt(math.pi)
     return Activation("gelu", fn, deriv, gamma, {})
 
 

@@ -104,8 +104,9 @@ def mlp(
 
     def linear():
         if is_maxout:
-            return maxout(width, num_pieces, weight_var=weight_var, bias_var=bias_var,
-                          w_init=init)
+            return maxout(
+                width, num_pieces, weight_var=weight_var, bias_var=bias_var, w_init=init
+            )
         return dense(width, weight_var=weight_var, bias_var=bias_var, w_init=init)
 
     def act():
@@ -123,7 +124,9 @@ def mlp(
         ends.append(len(layers) - 1)
     if out_dim is not None:
         _checks.positive_int("out_dim", out_dim)
-        layers.append(dense(out_dim, weight_var=weight_var, bias_var=bias_var, w_init=init))
+        layers.append(
+            dense(out_dim, weight_var=weight_var, bias_var=bias_var, w_init=init)
+        )
     net = serial(*layers)
     net.block_ends = tuple(ends)
     return net
@@ -169,7 +172,9 @@ def resnet(
     _checks.positive_int("num_blocks", num_blocks)
     _norm_layers(norm)
     if activation == "maxout":
-        raise ValueError("`activation` must be elementwise or 'prelu' for resnet, got 'maxout'.")
+        raise ValueError(
+            "`activation` must be elementwise or 'prelu' for resnet, got 'maxout'."
+        )
     _init.get(init)
 
     def conv():
@@ -179,13 +184,21 @@ def resnet(
     ends = []
     for _ in range(num_blocks):
         branch = serial(
-            *_norm_layers(norm), _act_layer(activation), conv(),
-            *_norm_layers(norm), _act_layer(activation), conv(),
+            *_norm_layers(norm),
+            _act_layer(activation),
+            conv(),
+            *_norm_layers(norm),
+            _act_layer(activation),
+            conv(),
         )
         layers.append(residual_block(branch) if skip else branch)
         ends.append(len(layers) - 1)
-    layers += [*_norm_layers(norm), _act_layer(activation), global_avg_pool(),
-               dense(num_classes, w_init=init)]
+    layers += [
+        *_norm_layers(norm),
+        _act_layer(activation),
+        global_avg_pool(),
+        dense(num_classes, w_init=init),
+    ]
     net = serial(*layers)
     net.block_ends = tuple(ends)
     return net

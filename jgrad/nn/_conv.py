@@ -14,8 +14,8 @@ from jax import lax
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._layer import Layer, lead, plain_layer
 from jgrad.nn._dense import _w_init
+from jgrad.nn._layer import Layer, lead, plain_layer
 
 __all__ = ["conv2d", "avg_pool", "global_avg_pool", "flatten"]
 
@@ -87,7 +87,10 @@ def conv2d(
                 "'VALID'. Use padding='SAME' or a smaller kernel."
             )
         kw, kb = jax.random.split(key)
-        params = {"w": w_fn(kw, ks + (in_shape[2], out_channels)), "b": b_fn(kb, (out_channels,))}
+        params = {
+            "w": w_fn(kw, ks + (in_shape[2], out_channels)),
+            "b": b_fn(kb, (out_channels,)),
+        }
         return (h, w, out_channels), params
 
     def fn(params, x):
@@ -102,7 +105,9 @@ def conv2d(
     return plain_layer(init, fn)
 
 
-def avg_pool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None):
+def avg_pool(
+    window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None
+):
     """Average pooling over (H, W) with ``VALID`` padding (params ``{}``).
 
     Args:
@@ -121,7 +126,9 @@ def avg_pool(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | 
 
     def fn(params, x):
         xb, single = _as_batch(x, "x")
-        y = lax.reduce_window(xb, 0.0, lax.add, (1,) + win + (1,), (1,) + st + (1,), "VALID")
+        y = lax.reduce_window(
+            xb, 0.0, lax.add, (1,) + win + (1,), (1,) + st + (1,), "VALID"
+        )
         y = y / (win[0] * win[1])
         return y[0] if single else y
 

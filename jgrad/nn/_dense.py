@@ -55,7 +55,9 @@ def dense(
 
     def init(key, in_shape):
         if len(in_shape) < 1:
-            raise ValueError(f"`in_shape` must have a feature axis for dense, got {in_shape}.")
+            raise ValueError(
+                f"`in_shape` must have a feature axis for dense, got {in_shape}."
+            )
         kw, kb = jax.random.split(key)
         return in_shape[:-1] + (out_dim,), {
             "w": w_fn(kw, (in_shape[-1], out_dim)),
@@ -104,7 +106,10 @@ def maxout(
         w = jax.vmap(lambda k: w_fn(k, (in_shape[-1], out_dim)))(
             jax.random.split(kw, num_pieces)
         )
-        return in_shape[:-1] + (out_dim,), {"w": w, "b": b_fn(kb, (num_pieces, out_dim))}
+        return in_shape[:-1] + (out_dim,), {
+            "w": w,
+            "b": b_fn(kb, (num_pieces, out_dim)),
+        }
 
     def fn(params, x):
         _checks.feature_size("x", jnp.shape(x), params["w"].shape[1], layer="maxout")

@@ -16,17 +16,23 @@ parameters); ``serial`` holds a tuple with one entry per layer, in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 
-from jgrad import _checks
-
 Params = Any
 Shape = tuple[int, ...]
 
-__all__ = ["Layer", "Params", "Shape", "serial", "plain_layer", "check_in_shape", "lead"]
+__all__ = [
+    "Layer",
+    "Params",
+    "Shape",
+    "serial",
+    "plain_layer",
+    "check_in_shape",
+    "lead",
+]
 
 
 class Layer(NamedTuple):
@@ -115,7 +121,9 @@ def serial(*layers: Layer) -> SerialLayer:
         [(3,), (3,)]
     """
     if not layers:
-        raise ValueError("`layers` must be at least one Layer, got none. serial(dense(8), ...)")
+        raise ValueError(
+            "`layers` must be at least one Layer, got none. serial(dense(8), ...)"
+        )
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             raise ValueError(
@@ -142,12 +150,20 @@ def serial(*layers: Layer) -> SerialLayer:
         return_intermediates=False,
     ):
         if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-            n = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+            n = (
+                len(params)
+                if isinstance(params, (tuple, list))
+                else type(params).__name__
+            )
             raise ValueError(
                 f"`params` must be a sequence of {len(layers)} per-layer entries (from this "
                 f"network's init), got {n}. Pass the params returned by net.init."
             )
-        keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+        keys = (
+            [None] * len(layers)
+            if key is None
+            else list(jax.random.split(key, len(layers)))
+        )
         hs, new_params = [], []
         for layer, p, k in zip(layers, params, keys, strict=True):
             out = layer.apply(p, x, train=train, key=k, return_state=return_state)

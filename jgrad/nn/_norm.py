@@ -104,10 +104,15 @@ def layer_norm(eps: float = 1e-5) -> Layer:
     def init(key, in_shape):
         del key
         c = in_shape[-1]
-        return in_shape, {"scale": jnp.ones((c,), jnp.float32), "offset": jnp.zeros((c,))}
+        return in_shape, {
+            "scale": jnp.ones((c,), jnp.float32),
+            "offset": jnp.zeros((c,)),
+        }
 
     def fn(params, x):
-        _checks.feature_size("x", jnp.shape(x), params["scale"].shape[0], layer="layer_norm")
+        _checks.feature_size(
+            "x", jnp.shape(x), params["scale"].shape[0], layer="layer_norm"
+        )
         mean = jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
         n = jnp.ndim(x)

@@ -96,7 +96,9 @@ def residual(block: Layer, scale: float = 1.0) -> Layer:
         return tuple(out_shape), params
 
     def apply(params, x, *, train=False, key=None, return_state=False):
-        out = block.apply(params["block"], x, train=train, key=key, return_state=return_state)
+        out = block.apply(
+            params["block"], x, train=train, key=key, return_state=return_state
+        )
         y, bp = out if return_state else (out, None)
         shortcut = x @ params["proj"]["w"] if "proj" in params else x
         y = shortcut + scale * y

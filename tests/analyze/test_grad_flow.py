@@ -42,14 +42,20 @@ def test_matches_plain_autodiff_at_every_layer(kwargs, getkey):
     _, params = net.init(getkey(), (5,))
     x = jax.random.normal(getkey(), (4, 5))
     loss_fn = _loss(jax.random.normal(getkey(), (4, 3)))
-    flow = jax.jit(lambda p, x: jgrad.analyze.layer_grad_norms(net, p, x, loss_fn))(params, x)
+    flow = jax.jit(lambda p, x: jgrad.analyze.layer_grad_norms(net, p, x, loss_fn))(
+        params, x
+    )
     ref = _reference_grads(net, params, x, loss_fn)
     ref_norms = np.array([np.linalg.norm(np.asarray(g)) for g in ref])
-    np.testing.assert_allclose(10.0 ** np.asarray(flow.log10_norm), ref_norms, rtol=2e-5)
+    np.testing.assert_allclose(
+        10.0 ** np.asarray(flow.log10_norm), ref_norms, rtol=2e-5
+    )
     np.testing.assert_allclose(np.asarray(flow.raw_norm), ref_norms, rtol=2e-5)
     assert not bool(flow.underflow.any())
     assert bool(flow.forward_finite.all())
-    np.testing.assert_allclose(float(flow.loss), float(loss_fn(net.apply(params, x))), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(flow.loss), float(loss_fn(net.apply(params, x))), rtol=1e-6
+    )
 
 
 def test_deep_sigmoid_float32_matches_float64_beyond_underflow(getkey):
@@ -60,11 +66,17 @@ def test_deep_sigmoid_float32_matches_float64_beyond_underflow(getkey):
     _, params = net.init(getkey(), (width,))
     x = jax.random.normal(getkey(), (8, width))
     t = jax.random.normal(getkey(), (8, width))
-    flow = jax.jit(lambda p, x: jgrad.analyze.layer_grad_norms(net, p, x, _loss(t)))(params, x)
+    flow = jax.jit(lambda p, x: jgrad.analyze.layer_grad_norms(net, p, x, _loss(t)))(
+        params, x
+    )
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), params)
-        ref = _reference_grads(net, p64, jnp.asarray(np.asarray(x, np.float64)),
-                               _loss(jnp.asarray(np.asarray(t, np.float64))))
+        ref = _reference_grads(
+            net,
+            p64,
+            jnp.asarray(np.asarray(x, np.float64)),
+            _loss(jnp.asarray(np.asarray(t, np.float64))),
+        )
         ref_log10 = np.array([np.log10(np.linalg.norm(np.asarray(g))) for g in ref])
     log10 = np.asarray(flow.log10_norm)
     assert ref_log10[0] < -45, "the reference must reach below float32's range"
@@ -81,7 +93,9 @@ def test_exactly_zero_gradient_is_minus_inf_not_underflow(getkey):
     net = nn.serial(nn.dense(6, bias_var=0.0), nn.elementwise("relu"), nn.dense(2))
     _, params = net.init(getkey(), (3,))
     params = ({"w": -jnp.abs(params[0]["w"]), "b": params[0]["b"]},) + params[1:]
-    x = jnp.abs(jax.random.normal(getkey(), (4, 3))) + 0.1  # positive inputs, negative weights
+    x = (
+        jnp.abs(jax.random.normal(getkey(), (4, 3))) + 0.1
+    )  # positive inputs, negative weights
     flow = jgrad.analyze.layer_grad_norms(net, params, x, jnp.sum)
     assert np.isneginf(np.asarray(flow.log10_norm)[:2]).all()
     assert not bool(flow.underflow.any())

@@ -38,7 +38,9 @@ def test_default_demo_meets_the_textbook_predictions(full_demo):
 def test_relu_glorot_slope_is_half_per_layer(full_demo):
     """He et al. 2015: with Glorot's variance (1/n, square layers) the squared gradient
     halves per ReLU layer, so log10 ||dL/dh_l|| rises by 0.5 log10 2 = 0.1505 per layer."""
-    g = np.asarray(next(n for n in full_demo["nets"] if n["label"] == "relu+glorot")["log10_norm"])
+    g = np.asarray(
+        next(n for n in full_demo["nets"] if n["label"] == "relu+glorot")["log10_norm"]
+    )
     slope = np.polyfit(np.arange(1, 51), g, 1)[0]
     assert abs(slope - 0.5 * np.log10(2)) < 0.02
 
@@ -54,8 +56,22 @@ def test_table_lists_every_layer_and_network(full_demo):
 
 def test_cli_writes_json_and_png(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli.main(["demo", "--out", str(out), "--depth", "6", "--width", "16",
-                     "--batch", "4", "--seed", "3", "--quiet"])
+    code = cli.main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--depth",
+            "6",
+            "--width",
+            "16",
+            "--batch",
+            "4",
+            "--seed",
+            "3",
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "relu+he" in printed and "demo.json" in printed
@@ -65,7 +81,9 @@ def test_cli_writes_json_and_png(tmp_path, capsys):
     assert len(data["nets"]) == 6 and len(data["nets"][0]["log10_norm"]) == 6
     png = (out / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert not [
+        p for p in out.iterdir() if p.name.startswith(".")
+    ]  # no temp files left
 
 
 def test_cli_version_help_and_bad_arguments(capsys):

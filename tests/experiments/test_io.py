@@ -26,10 +26,21 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 
 def test_json_is_strict_and_keeps_non_finite_values(tmp_path):
     path = save_json(
-        {"x": np.arange(3, dtype=np.float32) / 4, "bad": [math.inf, -np.inf, np.nan],
-         "flag": np.bool_(True), "n": np.int64(7)},
+        {
+            "x": np.arange(3, dtype=np.float32) / 4,
+            "bad": [math.inf, -np.inf, np.nan],
+            "flag": np.bool_(True),
+            "n": np.int64(7),
+        },
         tmp_path / "sub" / "r.json",
     )
-    data = json.loads(path.read_text())  # json.loads would accept NaN; check the text too
+    data = json.loads(
+        path.read_text()
+    )  # json.loads would accept NaN; check the text too
     assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
-    assert data == {"x": [0.0, 0.25, 0.5], "bad": ["inf", "-inf", "nan"], "flag": True, "n": 7}
+    assert data == {
+        "x": [0.0, 0.25, 0.5],
+        "bad": ["inf", "-inf", "nan"],
+        "flag": True,
+        "n": 7,
+    }
