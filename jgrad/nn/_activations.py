@@ -29,8 +29,9 @@ class Activation(NamedTuple):
     Attributes:
         name: its name, e.g. ``"tanh"`` or ``"leaky_relu"``.
         fn: ``phi``, applied elementwise to an array of any shape.
-        deriv: ``phi'``, closed form (at a kink: the right derivative for ReLU-like ones
-            except ``leaky_relu`` whose slope at 0 is 1, as ``jax.grad`` of its ``fn``).
+        deriv: ``phi'``, closed form. At a kink it takes the left derivative (ReLU 0, ELU
+            alpha, SELU lambda*alpha at 0; hard_tanh 0 at +-1), except ``leaky_relu`` whose
+            slope at 0 is 1 (as ``jax.grad`` of its ``fn``).
         gamma: ``sup_x |phi'(x)|`` (a supremum, possibly not attained: softplus's is 1).
         params: the hyperparameters it was built with, e.g. ``{"negative_slope": 0.01}``.
     """
