@@ -267,7 +267,8 @@ def test_zeros_and_constant():
 )
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dtype_respected(make, dtype):
-    shape = ORTHO_SHAPES[0]  # one shape for the whole file where possible: less compiling
+    # One shape for the whole file where possible: less compiling.
+    shape = ORTHO_SHAPES[0]
     w = make()(jax.random.key(2), shape, dtype)
     assert w.dtype == dtype and w.shape == shape
 
