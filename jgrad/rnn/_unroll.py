@@ -1,0 +1,260 @@
+"""Drivers: ``unroll`` (hoisted input projection + ``lax.scan``), stacks, bidirectional.
+
+Every driver takes ONE sequence ``xs`` of shape ``(T, in_dim)``; ``jax.vmap`` it for batches
+(and again for ensembles of models). The input projection ``xs @ w_ih + b`` of all T steps is
+one matmul before the scan; the scan body does only the carry-dependent work.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jgrad import _checks
+from jgrad.rnn._cell import Cell, LSTMState, check_carry
+
+__all__ = ["unroll", "unroll_stack", "bidirectional", "clip_carry_grad"]
+
+_BATCH_FIX = (
+    "unroll takes ONE sequence (T, in_dim); for a batch (B, T, in_dim) use "
+    "jax.vmap(lambda x, c: unroll(cell, params, x, c))(xs, carries)."
+)
+
+
+def _hidden(carry):
+    return carry.h if isinstance(carry, LSTMState) else carry
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def clip_carry_grad(carry: Any, threshold: float, mode: str = "value") -> Any:
+    """Identity on the forward pass; clips the cotangent of ``carry`` on the backward pass.
+
+    ``mode="value"`` clips every entry to ``[-threshold, threshold]`` (Graves 2013, who
+    clipped the derivatives inside the LSTM's backward pass); ``mode="norm"`` rescales the
+    whole carry cotangent of one sequence to norm at most ``threshold``.
+
+    This is a ``custom_vjp``: it has no forward-mode derivative, so keep it off analysis
+    paths (``unroll(grad_clip=None)``, the default, never uses it).
+
+    References:
+        Graves, "Generating Sequences With Recurrent Neural Networks", 2013,
+        arXiv:1308.0850; Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent
+        neural networks", ICML 2013, arXiv:1211.5063.
+    """
+    del threshold, mode
+    return carry
+
+
+def _clip_fwd(carry, threshold, mode):
+    return carry, None
+
+
+def _clip_bwd(threshold, mode, _, g):
+    if mode == "value":
+        return (jax.tree.map(lambda t: jnp.clip(t, -threshold, threshold), g),)
+    sq = sum(jnp.sum(jnp.square(t)) for t in jax.tree.leaves(g))
+    norm = jnp.sqrt(sq)
+    scale = jnp.where(norm > threshold, threshold / jnp.where(norm > 0, norm, 1.0), 1.0)
+    return (jax.tree.map(lambda t: t * scale.astype(t.dtype), g),)
+
+
+clip_carry_grad.defvjp(_clip_fwd, _clip_bwd)
+
+
+def _check_seq_length(seq_length, T):
+    try:
+        n = int(seq_length)
+    except (
+        TypeError,
+        jax.errors.ConcretizationTypeError,
+        jax.errors.TracerIntegerConversionError,
+    ):
+        return  # traced (e.g. under vmap): cannot be checked before running
+    if not 0 <= n <= T:
+        raise ValueError(
+            f"`seq_length` must be in [0, T] = [0, {T}], got {n}. It is the number of real "
+            "(unpadded) steps at the start of xs."
+        )
+
+
+def _validate(cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode):
+    if not isinstance(cell, Cell):
+        raise ValueError(
+            f"`cell` must be a jgrad.rnn.Cell (vanilla, lstm or gru), got "
+            f"{type(cell).__name__}."
+        )
+    shape = jnp.shape(xs)
+    _checks.rank("xs", shape, (2,), _BATCH_FIX)
+    if shape[0] == 0:
+        raise ValueError("`xs` must have at least one time step (T >= 1), got T = 0.")
+    _checks.feature_size(
+        "xs", shape, params["w_ih"].shape[0], layer=f"this {cell.kind} cell"
+    )
+    check_carry(cell, carry0)
+    if seq_length is not None:
+        _check_seq_length(seq_length, shape[0])
+    if not isinstance(unroll, bool):
+        _checks.positive_int("unroll", unroll)
+    if grad_clip is not None:
+        _checks.positive("grad_clip", grad_clip)
+        _checks.choice("grad_clip_mode", grad_clip_mode, ("value", "norm"))
+
+
+def unroll(
+    cell: Cell,
+    params: dict,
+    xs: jax.Array,
+    carry0: Any,
+    *,
+    return_carries: bool = False,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+    seq_length: int | jax.Array | None = None,
+    grad_clip: float | None = None,
+    grad_clip_mode: str = "value",
+):
+    """Runs a cell over one sequence: hoisted input projection, then ``lax.scan``.
+
+    Args:
+        cell: a :class:`Cell` (``vanilla``, ``lstm``, ``gru``).
+        params: its params (``cell.init(key, in_dim)``).
+        xs: (T, in_dim) one sequence; ``jax.vmap`` for batches.
+        carry0: initial carry, structured like ``cell.init_carry()``.
+        return_carries: also return the carry after every step (analyzers need them).
+        reverse: run from the last step to the first (outputs stay in input order).
+        unroll: ``lax.scan``'s unroll factor.
+        seq_length: number of real steps (the rest of ``xs`` is padding). Padded steps leave
+            the carry unchanged and output zeros, so the final carry is the one after the
+            last real step; with ``reverse=True`` the reverse pass starts at the last real
+            step. Under ``vmap``, give one length per sequence.
+        grad_clip: if set, clip the back-propagated dL/ds_t of the carry at every step
+            (:func:`clip_carry_grad`: "clip through time"). Changes gradients, not values.
+        grad_clip_mode: ``"value"`` (elementwise, Graves 2013) or ``"norm"``.
+
+    Returns:
+        ``(final_carry, ys)`` with ``ys`` (T, H), or ``(final_carry, ys, carries)`` with
+        every leaf of ``carries`` of shape (T, H) when ``return_carries``.
+
+    Raises:
+        ValueError: wrong rank of ``xs`` (with how to vmap), T = 0, input size not matching
+            params, wrong carry structure or shape, ``seq_length`` outside [0, T], bad
+            ``unroll``/``grad_clip``.
+
+    Examples:
+        >>> import jax, jgrad
+        >>> cell = jgrad.rnn.lstm(8)
+        >>> params = cell.init(jax.random.key(0), 3)
+        >>> xs = jax.random.normal(jax.random.key(1), (5, 3))
+        >>> final, ys = jgrad.rnn.unroll(cell, params, xs, cell.init_carry())
+        >>> ys.shape, final.c.shape
+        ((5, 8), (8,))
+    """
+    _validate(cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode)
+    xp = cell.input_proj(params, xs)
+    T = xs.shape[0]
+
+    def body(carry, inp):
+        xp_t, t = inp
+        new, y = cell.step(params, carry, xp_t)
+        if grad_clip is not None:
+            new = clip_carry_grad(new, grad_clip, grad_clip_mode)
+            y = _hidden(new)
+        if seq_length is not None:
+            real = t < seq_length
+            new = jax.tree.map(lambda a, b: jnp.where(real, a, b), new, carry)
+            y = jnp.where(real, y, jnp.zeros_like(y))
+        return new, ((y, new) if return_carries else y)
+
+    final, out = lax.scan(
+        body, carry0, (xp, jnp.arange(T)), reverse=reverse, unroll=unroll
+    )
+    if return_carries:
+        ys, carries = out
+        return final, ys, carries
+    return final, out
+
+
+_run = unroll  # `unroll` is also a keyword argument name below
+
+
+def unroll_stack(
+    cells: Sequence[Cell],
+    params: Sequence[dict],
+    xs: jax.Array,
+    carries0: Sequence[Any],
+    **kwargs,
+):
+    """Stacked RNN: layer k runs over the whole output sequence of layer k-1 (as cuDNN
+    does), so every layer keeps its hoisted input projection.
+
+    Args:
+        cells: one cell per layer.
+        params: their params, in order.
+        xs: (T, in_dim) one sequence.
+        carries0: one initial carry per layer.
+        **kwargs: passed to :func:`unroll` for every layer (``return_carries``,
+            ``seq_length``, ``reverse``, ``unroll``, ``grad_clip``...).
+
+    Returns:
+        ``(finals, ys)`` (``finals`` a tuple, one per layer; ``ys`` the last layer's
+        outputs), plus a tuple of per-layer carries when ``return_carries``.
+    """
+    if not (len(cells) == len(params) == len(carries0)) or not cells:
+        raise ValueError(
+            f"`cells`, `params` and `carries0` must have the same non-zero length, got "
+            f"{len(cells)}, {len(params)} and {len(carries0)}."
+        )
+    finals, all_carries = [], []
+    h = xs
+    for cell, p, c0 in zip(cells, params, carries0, strict=True):
+        out = unroll(cell, p, h, c0, **kwargs)
+        finals.append(out[0])
+        h = out[1]
+        if kwargs.get("return_carries"):
+            all_carries.append(out[2])
+    if kwargs.get("return_carries"):
+        return tuple(finals), h, tuple(all_carries)
+    return tuple(finals), h
+
+
+def bidirectional(
+    cell_fw: Cell,
+    cell_bw: Cell,
+    params: tuple[dict, dict],
+    xs: jax.Array,
+    carries0: tuple[Any, Any],
+    *,
+    seq_length: int | jax.Array | None = None,
+    unroll: int | bool = 1,
+):
+    """Bidirectional RNN: a forward and a reverse pass, outputs concatenated per step.
+
+    Args:
+        cell_fw, cell_bw: the two cells.
+        params: ``(params_fw, params_bw)``.
+        xs: (T, in_dim) one sequence.
+        carries0: ``(carry_fw, carry_bw)``.
+        seq_length: number of real steps; the reverse pass starts at the last real step.
+        unroll: ``lax.scan``'s unroll factor.
+
+    Returns:
+        ``((final_fw, final_bw), ys)`` with ``ys`` (T, H_fw + H_bw).
+    """
+    f_fw, y_fw = _run(
+        cell_fw, params[0], xs, carries0[0], seq_length=seq_length, unroll=unroll
+    )
+    f_bw, y_bw = _run(
+        cell_bw,
+        params[1],
+        xs,
+        carries0[1],
+        seq_length=seq_length,
+        unroll=unroll,
+        reverse=True,
+    )
+    return (f_fw, f_bw), jnp.concatenate([y_fw, y_bw], axis=-1)
