@@ -9,6 +9,7 @@ from jgrad.rnn._convert import from_flax as from_flax
 from jgrad.rnn._convert import from_torch as from_torch
 from jgrad.rnn._convert import to_flax as to_flax
 from jgrad.rnn._convert import to_torch as to_torch
+from jgrad.rnn._fast import unroll_batch as unroll_batch
 from jgrad.rnn._unroll import bidirectional as bidirectional
 from jgrad.rnn._unroll import clip_carry_grad as clip_carry_grad
 from jgrad.rnn._unroll import unroll as unroll
@@ -26,6 +27,7 @@ __all__ = [
     "to_flax",
     "to_torch",
     "unroll",
+    "unroll_batch",
     "unroll_stack",
     "vanilla",
 ]

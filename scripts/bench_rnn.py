@@ -1,0 +1,259 @@
+"""Benchmark: forward+backward of one recurrent layer, jgrad against flax, a plain scan and
+PyTorch, in one run.
+
+Loss = sum of squared outputs over a batch; gradient w.r.t. all weights. Times are medians of
+``--repeats`` runs after a warm-up; compile time (JAX lower+compile) is reported separately.
+Achieved GFLOP/s uses the floor 3 x 2 x B x T x (D + H) x G flops (G = 4H LSTM, 3H GRU, H
+vanilla: forward matmuls once, backward twice) against the float32 matmul rate measured in
+the same run.
+
+    python scripts/bench_rnn.py                      # the full grid, writes runs/bench_rnn.json
+    python scripts/bench_rnn.py --quick              # one small shape (a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jgrad
+from jgrad import rnn
+from jgrad.experiments import provenance, save_json
+
+GRID = [(32, 128, 128, 256), (32, 512, 64, 128), (8, 1024, 32, 64)]
+QUICK = [(4, 16, 8, 16)]
+
+
+def _median_time(fn, repeats):
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def matmul_gflops(repeats: int) -> float:
+    """float32 matmul rate of XLA on this machine (2048^3)."""
+    n = 2048
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    b = jax.random.normal(jax.random.key(1), (n, n))
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    t = _median_time(lambda: f(a, b).block_until_ready(), repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def gate_mult(kind):
+    return {"lstm": 4, "gru": 3, "vanilla": 1}[kind]
+
+
+def floor_flops(kind, B, T, D, H):
+    return 3 * 2 * B * T * (D + H) * gate_mult(kind) * H
+
+
+# --- JAX implementations: each returns a jitted (params, xs) -> (loss, grads) --------------
+
+
+def jgrad_fn(kind, unroll_k=1, fast=False):
+    cell = {"lstm": rnn.lstm, "gru": rnn.gru, "vanilla": rnn.vanilla}[kind]
+
+    def make(H, D, key):
+        c = cell(H)
+        params = c.init(key, D)
+
+        def loss(p, xs):
+            if fast:
+                _, ys = rnn.unroll_batch(
+                    c, p, xs, c.init_carry((xs.shape[0],)), unroll=unroll_k
+                )
+            else:
+                ys = jax.vmap(
+                    lambda x: rnn.unroll(c, p, x, c.init_carry(), unroll=unroll_k)[1]
+                )(xs)
+            return jnp.sum(ys**2)
+
+        return params, jax.jit(jax.value_and_grad(loss))
+
+    return make
+
+
+def flax_fn(cell_name):
+    import flax.linen as fnn
+
+    def make(H, D, key):
+        cell = getattr(fnn, cell_name)(H)
+        model = fnn.RNN(cell)
+        params = model.init(key, jnp.zeros((1, 4, D)))
+
+        def loss(p, xs):
+            return jnp.sum(model.apply(p, xs) ** 2)
+
+        return params, jax.jit(jax.value_and_grad(loss))
+
+    return make
+
+
+def plain_scan_lstm(H, D, key):
+    """The textbook lax.scan LSTM: input matmul inside every step (no hoisting)."""
+    k1, k2 = jax.random.split(key)
+    params = {
+        "w_ih": jax.random.normal(k1, (D, 4 * H)) / np.sqrt(D),
+        "w_hh": jax.random.normal(k2, (H, 4 * H)) / np.sqrt(H),
+        "b": jnp.zeros((4 * H,)),
+    }
+
+    def loss(p, xs):
+        B = xs.shape[0]
+
+        def step(carry, x):
+            h, c = carry
+            z = x @ p["w_ih"] + h @ p["w_hh"] + p["b"]
+            i, f, g, o = jnp.split(z, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+
+        z = jnp.zeros((B, H))
+        _, ys = jax.lax.scan(step, (z, z), jnp.swapaxes(xs, 0, 1))
+        return jnp.sum(ys**2)
+
+    return params, jax.jit(jax.value_and_grad(loss))
+
+
+def time_jax(make, shape, repeats):
+    B, T, D, H = shape
+    kp, kx = jax.random.split(jax.random.key(0))
+    params, f = make(H, D, kp)
+    xs = jax.random.normal(kx, (B, T, D))
+    t0 = time.perf_counter()
+    compiled = f.lower(params, xs).compile()
+    compile_s = time.perf_counter() - t0
+    run = lambda: jax.block_until_ready(compiled(params, xs))  # noqa: E731
+    return _median_time(run, repeats), compile_s
+
+
+def time_torch(kind, shape, repeats, threads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    B, T, D, H = shape
+    mod = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "vanilla": torch.nn.RNN}[kind]
+    m = mod(D, H, batch_first=True)
+    xs = torch.randn(B, T, D)
+
+    def run():
+        m.zero_grad(set_to_none=True)
+        y, _ = m(xs)
+        (y**2).sum().backward()
+
+    return _median_time(run, repeats)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one small shape")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--kinds", default="lstm,gru,vanilla")
+    p.add_argument("--out", default="runs/bench_rnn.json")
+    args = p.parse_args(argv)
+    grid = QUICK if args.quick else GRID
+    threads = os.cpu_count() or 1
+    peak = matmul_gflops(args.repeats)
+    print(
+        f"float32 matmul peak (XLA, 2048^3): {peak:.1f} GFLOP/s; torch threads {threads}"
+    )
+    rows = []
+    for shape in grid:
+        B, T, D, H = shape
+        for kind in args.kinds.split(","):
+            impls = {
+                "jgrad": jgrad_fn(kind),
+                "jgrad unroll=4": jgrad_fn(kind, 4),
+            }
+            if hasattr(rnn, "unroll_batch"):
+                impls["jgrad fast"] = jgrad_fn(kind, fast=True)
+            if kind == "lstm":
+                impls["flax LSTMCell"] = flax_fn("LSTMCell")
+                impls["flax OptimizedLSTMCell"] = flax_fn("OptimizedLSTMCell")
+                impls["plain scan (no hoist)"] = plain_scan_lstm
+            elif kind == "gru":
+                impls["flax GRUCell"] = flax_fn("GRUCell")
+            else:
+                impls["flax SimpleCell"] = flax_fn("SimpleCell")
+            flops = floor_flops(kind, *shape)
+            res = {}
+            for name, make in impls.items():
+                t, c = time_jax(make, shape, args.repeats)
+                res[name] = {"seconds": t, "compile_seconds": c}
+            tt = time_torch(kind, shape, args.repeats, threads)
+            if tt is not None:
+                res[
+                    f"torch nn.{ {'lstm': 'LSTM', 'gru': 'GRU', 'vanilla': 'RNN'}[kind] }"
+                ] = {"seconds": tt, "compile_seconds": None}
+            flax_best = min(
+                v["seconds"] for k, v in res.items() if k.startswith("flax")
+            )
+            torch_t = next(
+                (v["seconds"] for k, v in res.items() if k.startswith("torch")), None
+            )
+            print(
+                f"\n{kind.upper()} B={B} T={T} D={D} H={H}  floor {flops / 1e9:.2f} GFLOP "
+                f"= {flops / peak / 1e6:.1f} ms at peak"
+            )
+            print(
+                f"{'implementation':<26}{'median ms':>10}{'compile s':>10}{'GFLOP/s':>9}"
+                f"{'/flax best':>11}{'/torch':>8}"
+            )
+            for name, v in res.items():
+                t = v["seconds"]
+                comp = (
+                    ""
+                    if v["compile_seconds"] is None
+                    else f"{v['compile_seconds']:.2f}"
+                )
+                tr = "" if torch_t is None else f"{t / torch_t:.2f}"
+                print(
+                    f"{name:<26}{t * 1e3:>10.1f}{comp:>10}{flops / t / 1e9:>9.1f}"
+                    f"{t / flax_best:>11.2f}{tr:>8}"
+                )
+                rows.append(
+                    {
+                        "kind": kind,
+                        "B": B,
+                        "T": T,
+                        "D": D,
+                        "H": H,
+                        "impl": name,
+                        **v,
+                        "gflops": flops / t / 1e9,
+                        "ratio_flax_best": t / flax_best,
+                        "ratio_torch": None if torch_t is None else t / torch_t,
+                    }
+                )
+    save_json(
+        {
+            "command": "python scripts/bench_rnn.py " + " ".join(argv or sys.argv[1:]),
+            "matmul_peak_gflops": peak,
+            "torch_threads": threads,
+            "provenance": provenance(),
+            "jgrad": jgrad.__version__,
+            "rows": rows,
+        },
+        args.out,
+    )
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
