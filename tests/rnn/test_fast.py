@@ -1,0 +1,127 @@
+"""unroll_batch (hand-written backward pass) against vmap(unroll) (plain autodiff)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jgrad import rnn
+
+B, T, D, H = 3, 9, 4, 5
+CELLS = {
+    "lstm": lambda: rnn.lstm(H, forget_bias=1.5),
+    "gru": lambda: rnn.gru(H),
+    "gru_reset_before": lambda: rnn.gru(H, reset_after=False),
+    "vanilla_tanh": lambda: rnn.vanilla(H),
+    "vanilla_relu": lambda: rnn.vanilla(H, "relu", w_hh_init="identity"),
+    "vanilla_gelu": lambda: rnn.vanilla(H, "gelu"),
+}
+OPTIONS = {
+    "plain": {},
+    "masked": {"seq_lengths": np.array([9, 4, 6])},
+    "clip_value": {"grad_clip": 0.05},
+    "clip_norm_masked": {
+        "grad_clip": 0.1,
+        "grad_clip_mode": "norm",
+        "seq_lengths": np.array([2, 9, 5]),
+    },
+}
+
+
+def _setup(make, key, dtype=jnp.float32):
+    cell = make()
+    k = jax.random.split(key, 5)
+    params = cell.init(k[0], D)
+    # Perturb every entry so biases and the forget bias are all non-trivial.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(k[1], len(leaves))
+    leaves = [
+        a.astype(dtype) + 0.3 * jax.random.normal(kk, a.shape, dtype)
+        for a, kk in zip(leaves, keys, strict=True)
+    ]
+    params = jax.tree.unflatten(tree, leaves)
+    xs = jax.random.normal(k[2], (B, T, D), dtype)
+    carry0 = jax.tree.map(
+        lambda a: 0.5 * jax.random.normal(k[3], a.shape, dtype),
+        cell.init_carry((B,)),
+    )
+    w = jax.random.normal(k[4], (B, T, H), dtype)
+    return cell, params, xs, carry0, w
+
+
+def _losses(cell, w, opts):
+    lengths = opts.get("seq_lengths")
+    clip = {k: v for k, v in opts.items() if k.startswith("grad_clip")}
+
+    def head(final, ys):
+        return jnp.sum(ys**2 * w) + sum(
+            jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(final)
+        )
+
+    def ref(params, xs, carry0):
+        n = jnp.full((B,), T) if lengths is None else jnp.asarray(lengths)
+        final, ys = jax.vmap(
+            lambda x, c, n: rnn.unroll(cell, params, x, c, seq_length=n, **clip)
+        )(xs, carry0, n)
+        return head(final, ys)
+
+    def fast(params, xs, carry0):
+        return head(*rnn.unroll_batch(cell, params, xs, carry0, **opts))
+
+    return ref, fast
+
+
+@pytest.mark.parametrize("opt", list(OPTIONS))
+@pytest.mark.parametrize("name", list(CELLS))
+def test_gradients_equal_plain_autodiff(name, opt, getkey):
+    cell, params, xs, carry0, w = _setup(CELLS[name], getkey())
+    ref, fast = _losses(cell, w, OPTIONS[opt])
+    # The loss sums terms of both signs: compare on the scale of its largest term.
+    np.testing.assert_allclose(
+        float(jax.jit(fast)(params, xs, carry0)),
+        float(ref(params, xs, carry0)),
+        atol=1e-5,
+    )
+    g_ref = jax.grad(ref, argnums=(0, 1, 2))(params, xs, carry0)
+    g_fast = jax.jit(jax.grad(fast, argnums=(0, 1, 2)))(params, xs, carry0)
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_fast), strict=True):
+        np.testing.assert_allclose(
+            b, a, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(a)))
+        )
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "vanilla_tanh"])
+def test_gradients_equal_in_float64(name, getkey):
+    key = getkey()
+    with jax.enable_x64(True):
+        cell, params, xs, carry0, w = _setup(CELLS[name], key, jnp.float64)
+        ref, fast = _losses(cell, w, OPTIONS["masked"])
+        g_ref = jax.grad(ref)(params, xs, carry0)
+        g_fast = jax.grad(fast)(params, xs, carry0)
+        for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_fast), strict=True):
+            assert a.dtype == jnp.float64
+            np.testing.assert_allclose(b, a, rtol=1e-11, atol=1e-13)
+
+
+def test_clipping_changes_gradients_but_not_values(getkey):
+    cell, params, xs, carry0, w = _setup(CELLS["lstm"], getkey())
+    _, plain = _losses(cell, w, {})
+    _, clipped = _losses(cell, w, {"grad_clip": 1e-3})
+    assert float(plain(params, xs, carry0)) == float(clipped(params, xs, carry0))
+    g1 = jax.grad(plain)(params, xs, carry0)["w_hh"]
+    g2 = jax.grad(clipped)(params, xs, carry0)["w_hh"]
+    assert float(jnp.linalg.norm(g2)) < 0.5 * float(jnp.linalg.norm(g1))
+
+
+def test_bad_input(getkey):
+    cell = rnn.lstm(H)
+    params = cell.init(getkey(), D)
+    xs = jax.random.normal(getkey(), (B, T, D))
+    with pytest.raises(ValueError, match="`xs`.*rank 3.*jgrad.rnn.unroll"):
+        rnn.unroll_batch(cell, params, xs[0], cell.init_carry((B,)))
+    with pytest.raises(ValueError, match="`carry0`.*init_carry"):
+        rnn.unroll_batch(cell, params, xs, cell.init_carry())
+    with pytest.raises(ValueError, match="`xs`.*size 4"):
+        rnn.unroll_batch(cell, params, xs[..., :3], cell.init_carry((B,)))
+    with pytest.raises(ValueError, match="T = 0"):
+        rnn.unroll_batch(cell, params, xs[:, :0], cell.init_carry((B,)))
