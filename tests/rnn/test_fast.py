@@ -80,6 +80,7 @@ def test_gradients_equal_plain_autodiff(name, opt, getkey):
     np.testing.assert_allclose(
         float(jax.jit(fast)(params, xs, carry0)),
         float(ref(params, xs, carry0)),
+        rtol=1e-6,
         atol=1e-5,
     )
     g_ref = jax.grad(ref, argnums=(0, 1, 2))(params, xs, carry0)
