@@ -136,3 +136,22 @@ def test_error_messages_are_single_strings():
     with pytest.raises(ValueError) as info:
         nn.mlp(0, 3)
     assert isinstance(info.value.args[0], str) and len(info.value.args) == 1
+
+
+def test_init_shapes_without_a_feature_axis(getkey):
+    for layer, name in [
+        (nn.maxout(3), "maxout"),
+        (nn.layer_norm(), "layer_norm"),
+        (nn.batch_norm(), "batch_norm"),
+        (nn.dense(2), "dense"),
+    ]:
+        _raises(
+            lambda layer=layer: layer.init(getkey(), ()),
+            "`in_shape`",
+            "feature axis",
+            name,
+        )
+    # flatten reads a rank-4 input as a batch, so it only accepts an image shape at init.
+    _raises(
+        lambda: nn.flatten().init(getkey(), (2, 3, 4, 5)), "`in_shape`", r"\(H, W, C\)"
+    )

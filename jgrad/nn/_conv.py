@@ -150,12 +150,14 @@ def global_avg_pool() -> Layer:
 
 
 def flatten() -> Layer:
-    """Flattens one image to a vector: ``(H, W, C) -> (H*W*C,)`` (params ``{}``).
+    """Flattens one image to a vector: ``(H, W, C) -> (H*W*C,)`` (params ``{}``); ``init``
+    requires an image shape, so that apply can tell one image from a batch.
 
     A rank-4 input is read as a batch ``(B, H, W, C) -> (B, H*W*C)``, like the conv layers.
     """
 
     def init(key, in_shape):
+        _check_image_shape(in_shape, "flatten")
         return (math.prod(in_shape),), {}
 
     def fn(params, x):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._layer import Layer, lead, plain_layer
+from jgrad.nn._layer import Layer, check_in_shape, lead, plain_layer
 
 __all__ = ["dense", "maxout"]
 
@@ -54,10 +54,7 @@ def dense(
     b_fn = _init.gaussian_bias(bias_var)
 
     def init(key, in_shape):
-        if len(in_shape) < 1:
-            raise ValueError(
-                f"`in_shape` must have a feature axis for dense, got {in_shape}."
-            )
+        check_in_shape(in_shape, 1, "dense")
         kw, kb = jax.random.split(key)
         return in_shape[:-1] + (out_dim,), {
             "w": w_fn(kw, (in_shape[-1], out_dim)),
@@ -102,6 +99,7 @@ def maxout(
     b_fn = _init.gaussian_bias(bias_var)
 
     def init(key, in_shape):
+        check_in_shape(in_shape, 1, "maxout")
         kw, kb = jax.random.split(key)
         w = jax.vmap(lambda k: w_fn(k, (in_shape[-1], out_dim)))(
             jax.random.split(kw, num_pieces)

@@ -62,8 +62,11 @@ def lead(v: jax.Array, ndim: int) -> jax.Array:
     return v.reshape((1,) * (ndim - v.ndim) + v.shape)
 
 
-def check_in_shape(in_shape: Any) -> Shape:
-    """Validates an ``init`` input shape: a tuple of positive ints (one example, no batch)."""
+def check_in_shape(
+    in_shape: Any, min_rank: int = 0, layer: str = "this layer"
+) -> Shape:
+    """Validates an ``init`` input shape: a tuple of positive ints (one example, no batch)
+    with at least ``min_rank`` axes."""
     try:
         shape = tuple(int(d) for d in in_shape)
         ok = all(d >= 1 and d == e for d, e in zip(shape, in_shape, strict=True))
@@ -73,6 +76,11 @@ def check_in_shape(in_shape: Any) -> Shape:
         raise ValueError(
             f"`in_shape` must be a tuple of positive ints, the shape of ONE example "
             f"(no batch axis), got {in_shape!r}. E.g. init(key, (784,)) for a vector input."
+        )
+    if len(shape) < min_rank:
+        raise ValueError(
+            f"`in_shape` must have at least {min_rank} axis (a feature axis) for {layer}, "
+            f"got {shape}. E.g. init(key, (784,)) for a vector input."
         )
     return shape
 

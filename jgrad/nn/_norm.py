@@ -42,7 +42,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     def init(key, in_shape):
         del key
-        c = check_in_shape(in_shape)[-1]
+        c = check_in_shape(in_shape, 1, "batch_norm")[-1]
         params = {
             "scale": jnp.ones((c,), jnp.float32),
             "offset": jnp.zeros((c,), jnp.float32),
@@ -103,7 +103,7 @@ def layer_norm(eps: float = 1e-5) -> Layer:
 
     def init(key, in_shape):
         del key
-        c = in_shape[-1]
+        c = check_in_shape(in_shape, 1, "layer_norm")[-1]
         return in_shape, {
             "scale": jnp.ones((c,), jnp.float32),
             "offset": jnp.zeros((c,)),
