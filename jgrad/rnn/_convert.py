@@ -27,7 +27,7 @@ _GATES = {"vanilla": ("",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")
 
 
 def _np(a):
-    return np.asarray(a, dtype=np.float32)
+    return np.array(a, dtype=np.float32)  # a writable copy (torch.from_numpy needs one)
 
 
 def _check_cell(cell):
@@ -37,8 +37,8 @@ def _check_cell(cell):
 
 def to_torch(cell: Cell, params: dict, layer: int = 0) -> dict[str, np.ndarray]:
     """PyTorch state-dict entries (NumPy float32) for layer ``layer`` of ``nn.RNN``/
-    ``nn.LSTM``/``nn.GRU``: load with ``{k: torch.from_numpy(v) ...}`` and
-    ``module.load_state_dict(..., strict=False)``.
+    ``nn.LSTM``/``nn.GRU``: load a one-layer module with
+    ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``.
 
     Raises:
         ValueError: for a GRU with ``reset_after=False`` (PyTorch has only reset-after) or a

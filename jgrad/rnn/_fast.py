@@ -294,7 +294,7 @@ def unroll_batch(
         )
     if grad_clip is not None:
         _checks.positive("grad_clip", grad_clip)
-        _checks.choice("grad_clip_mode", grad_clip_mode, ("value", "norm"))
+    _checks.choice("grad_clip_mode", grad_clip_mode, ("value", "norm"))
     _checks.positive_int("unroll", unroll)
     if cell.kind == "gru" and not cell.options["reset_after"]:
         from jgrad.rnn._unroll import unroll as unroll_one

@@ -67,13 +67,20 @@ clip_carry_grad.defvjp(_clip_fwd, _clip_bwd)
 
 
 def _check_seq_length(seq_length, T):
+    dtype = getattr(seq_length, "dtype", None)
+    is_int = (
+        jnp.issubdtype(dtype, jnp.integer)
+        if dtype is not None
+        else isinstance(seq_length, int) and not isinstance(seq_length, bool)
+    )
+    if not is_int:
+        raise ValueError(
+            f"`seq_length` must be an integer (the number of real steps), got "
+            f"{seq_length!r}. Pass e.g. seq_length=5, or an int array under vmap."
+        )
     try:
         n = int(seq_length)
-    except (
-        TypeError,
-        jax.errors.ConcretizationTypeError,
-        jax.errors.TracerIntegerConversionError,
-    ):
+    except (TypeError, jax.errors.ConcretizationTypeError):
         return  # traced (e.g. under vmap): cannot be checked before running
     if not 0 <= n <= T:
         raise ValueError(
@@ -102,7 +109,7 @@ def _validate(cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip
         _checks.positive_int("unroll", unroll)
     if grad_clip is not None:
         _checks.positive("grad_clip", grad_clip)
-        _checks.choice("grad_clip_mode", grad_clip_mode, ("value", "norm"))
+    _checks.choice("grad_clip_mode", grad_clip_mode, ("value", "norm"))
 
 
 def unroll(
