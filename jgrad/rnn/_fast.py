@@ -45,6 +45,19 @@ def _mix(m, new, old):
 
 
 # --- LSTM ------------------------------------------------------------------------------
+#
+# All four gates come from ONE elementwise op, gate = a * tanh(s * z) + b (sigmoid(z) =
+# 0.5 tanh(z / 2) + 0.5 for i, f, o; tanh for g), so each step is one matmul and two fused
+# elementwise kernels. The loop stores only the carries and the gates; everything else the
+# backward pass needs (h_{t-1}, c_{t-1}, tanh c_t, the gate derivatives) is computed for all
+# steps at once outside the loop.
+
+
+def _lstm_consts(H, dtype):
+    half, one = jnp.full((H,), 0.5, dtype), jnp.ones((H,), dtype)
+    s = jnp.concatenate([half, half, one, half])[None, :]
+    b = jnp.concatenate([half, half, jnp.zeros((H,), dtype), half])[None, :]
+    return s, s, b  # (1, 4H): scale inside tanh, scale outside (equal), offset
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
@@ -55,64 +68,57 @@ def _lstm_core(w_hh, xp, h0, c0, mask, clip, mode, unroll):
 
 def _lstm_fwd(w_hh, xp, h0, c0, mask, clip, mode, unroll):
     H = h0.shape[-1]
+    s, a, b = _lstm_consts(H, xp.dtype)
 
     def body(carry, inp):
         h, c = carry
         xp_t, m = inp
-        z = xp_t + h @ w_hh
-        sig = jax.nn.sigmoid(z[:, : 2 * H])
-        i, f = sig[:, :H], sig[:, H:]
-        g = jnp.tanh(z[:, 2 * H : 3 * H])
-        o = jax.nn.sigmoid(z[:, 3 * H :])
-        c_new = f * c + i * g
-        tc = jnp.tanh(c_new)
-        h_new = o * tc
-        y = h_new if m is None else m * h_new
-        h_next, c_next = _mix(m, h_new, h), _mix(m, c_new, c)
-        return (h_next, c_next), (y, jnp.concatenate([i, f, g, o], -1), c, tc, h)
+        gates = a * jnp.tanh(s * (xp_t + h @ w_hh)) + b
+        c_new = gates[:, H : 2 * H] * c + gates[:, :H] * gates[:, 2 * H : 3 * H]
+        h_new = gates[:, 3 * H :] * jnp.tanh(c_new)
+        h, c = _mix(m, h_new, h), _mix(m, c_new, c)
+        return (h, c), (h, c, gates)
 
-    (hT, cT), (ys, gates, c_prev, tcs, h_prev) = lax.scan(
-        body, (h0, c0), (xp, mask), unroll=unroll
-    )
-    return (ys, hT, cT), (w_hh, gates, c_prev, tcs, h_prev, mask)
+    (hT, cT), (hs, cs, gates) = lax.scan(body, (h0, c0), (xp, mask), unroll=unroll)
+    return (hs, hT, cT), (w_hh, gates, hs, cs, h0, c0, mask)
 
 
 def _lstm_bwd(clip, mode, unroll, res, cts):
-    w_hh, gates, c_prev, tcs, h_prev, mask = res
-    dys, dhT, dcT = cts
+    w_hh, gates, hs, cs, h0, c0, mask = res
+    dhs, dhT, dcT = cts
     H = w_hh.shape[0]
+    s, a, b = (v[None] for v in _lstm_consts(H, gates.dtype))  # (1, 1, 4H)
     w_hh_t = w_hh.T  # hoisted out of the loop
+    c_prev = jnp.concatenate([c0[None], cs[:-1]], 0)
+    tcs = jnp.tanh(cs)
+    dact = (a * s) * (1 - jnp.square((gates - b) / a))  # d gate / d z, every column
+    # What multiplies dc (dh for o) in each gate block: i <- g, f <- c_{t-1}, g <- i, o <- tanh c.
+    partner = dact * jnp.concatenate(
+        [gates[..., 2 * H : 3 * H], c_prev, gates[..., :H], tcs], -1
+    )
+    o_dtanh = gates[..., 3 * H :] * (1 - tcs * tcs)  # d h_t / d c_t
+    f = gates[..., H : 2 * H]
 
     def body(carry, inp):
         dh_next, dc_next = carry
-        dy, gt, cp, tc, m = inp
-        dh, dc = dy + dh_next, dc_next
-        if m is not None:  # padded step: identity on the carry, output 0
-            dh_keep, dc_keep = (1 - m) * dh, (1 - m) * dc
+        dh_out, pt, odt, ft, m = inp
+        dh, dc = dh_out + dh_next, dc_next
+        if m is not None:  # padded step: identity on the carry
+            keep_h, keep_c = (1 - m) * dh, (1 - m) * dc
             dh, dc = m * dh, m * dc
         dh, dc = _clip((dh, dc), clip, mode)  # the total dL/ds_t of a real step
-        i, f, g, o = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H : 3 * H], gt[:, 3 * H :]
-        do = dh * tc
-        dc = dc + dh * o * (1 - tc * tc)
-        dz = jnp.concatenate(
-            [
-                dc * g * i * (1 - i),
-                dc * cp * f * (1 - f),
-                dc * i * (1 - g * g),
-                do * o * (1 - o),
-            ],
-            -1,
-        )
-        dh_prev = dz @ w_hh_t
-        dc_prev = dc * f
+        dc = dc + dh * odt
+        dz = jnp.concatenate([dc, dc, dc, dh], -1) * pt
+        dh_prev, dc_prev = dz @ w_hh_t, dc * ft
         if m is not None:
-            dh_prev, dc_prev = dh_prev + dh_keep, dc_prev + dc_keep
+            dh_prev, dc_prev = dh_prev + keep_h, dc_prev + keep_c
         return (dh_prev, dc_prev), dz
 
     (dh0, dc0), dz = lax.scan(
-        body, (dhT, dcT), (dys, gates, c_prev, tcs, mask), reverse=True, unroll=unroll
+        body, (dhT, dcT), (dhs, partner, o_dtanh, f, mask), reverse=True, unroll=unroll
     )
     T, B, G = dz.shape
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)
     dw_hh = h_prev.reshape(T * B, H).T @ dz.reshape(
         T * B, G
     )  # one matmul for all steps
@@ -320,7 +326,7 @@ def unroll_batch(
         mask = jnp.arange(T)[:, None] < jnp.asarray(seq_lengths)[None, :]
         mask = mask.astype(xp.dtype)[:, :, None]  # (T, B, 1)
     if cell.kind == "lstm":
-        ys, hT, cT = _lstm_core(
+        hs, hT, cT = _lstm_core(
             params["w_hh"],
             xp,
             carry0.h,
@@ -330,6 +336,7 @@ def unroll_batch(
             grad_clip_mode,
             unroll,
         )
+        ys = hs if mask is None else hs * mask  # outputs of padded steps are 0
         final = LSTMState(h=hT, c=cT)
     elif cell.kind == "gru":
         ys, final = _gru_core(
