@@ -26,3 +26,15 @@ def test_readme_example_runs():
     # -29 * 0.15 = -4.4 in log10 of the norm); He keeps it within a decade.
     assert ratios["glorot_normal"] < -3.0
     assert abs(ratios["he_normal"]) < 1.0
+
+
+def test_readme_rnn_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2, "README has no recurrent example"
+    namespace = {}
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        exec(compile(blocks[1], str(README), "exec"), namespace)
+    # Padded steps give zero outputs; the real ones do not.
+    ys, n = namespace["ys"], int(namespace["lengths"][4])
+    assert float(abs(ys[4, n:]).max()) == 0.0 and float(abs(ys[4, :n]).min()) > 0.0
+    assert bool(jax.numpy.isfinite(namespace["grads"]["w_hh"]).all())

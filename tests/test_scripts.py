@@ -1,0 +1,40 @@
+"""Smoke runs of the benchmark scripts, so their commands cannot go stale (timings are not
+asserted: speed is measured by the scripts, not by tests)."""
+
+import json
+import pathlib
+import runpy
+import sys
+
+import jax
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_bench_rnn_quick(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "bench_rnn.py",
+            "--quick",
+            "--repeats",
+            "1",
+            "--kinds",
+            "lstm,vanilla",
+            "--out",
+            str(out),
+        ],
+    )
+    # Baselines (flax, the textbook scan) are written with JAX's default promotion rules.
+    promotion = jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard")
+    with pytest.MonkeyPatch.context() as m, promotion[0], promotion[1]:
+        m.setitem(sys.modules, "torch", None)  # the comparison must be optional
+        runpy.run_path(str(ROOT / "scripts" / "bench_rnn.py"), run_name="__main__")
+    data = json.loads(out.read_text())
+    impls = {r["impl"] for r in data["rows"]}
+    assert {"jgrad", "jgrad fast", "flax OptimizedLSTMCell", "flax SimpleCell"} <= impls
+    assert all(r["seconds"] > 0 and r["gflops"] > 0 for r in data["rows"])
+    assert "matmul peak" in capsys.readouterr().out
