@@ -31,6 +31,9 @@ GRID = [(32, 128, 128, 256), (32, 512, 64, 128), (8, 1024, 32, 64)]
 QUICK = [(4, 16, 8, 16)]
 
 
+SPREADS: dict[int, float] = {}  # id of the last timed function -> relative IQR
+
+
 def _median_time(fn, repeats):
     fn()  # warm-up
     ts = []
@@ -38,11 +41,15 @@ def _median_time(fn, repeats):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    med = statistics.median(ts)
+    q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
+    SPREADS["last"] = (q[2] - q[0]) / med  # interquartile range relative to the median
+    return med
 
 
 def matmul_gflops(repeats: int) -> float:
     """float32 matmul rate of XLA on this machine (2048^3)."""
+    # (its spread is not reported)
     n = 2048
     a = jax.random.normal(jax.random.key(0), (n, n))
     b = jax.random.normal(jax.random.key(1), (n, n))
@@ -195,12 +202,15 @@ def main(argv=None):
             res = {}
             for name, make in impls.items():
                 t, c = time_jax(make, shape, args.repeats)
-                res[name] = {"seconds": t, "compile_seconds": c}
+                res[name] = {"seconds": t, "compile_seconds": c, "iqr": SPREADS["last"]}
             tt = time_torch(kind, shape, args.repeats, threads)
             if tt is not None:
-                res[
-                    f"torch nn.{ {'lstm': 'LSTM', 'gru': 'GRU', 'vanilla': 'RNN'}[kind] }"
-                ] = {"seconds": tt, "compile_seconds": None}
+                torch_name = {"lstm": "LSTM", "gru": "GRU", "vanilla": "RNN"}[kind]
+                res[f"torch nn.{torch_name}"] = {
+                    "seconds": tt,
+                    "compile_seconds": None,
+                    "iqr": SPREADS["last"],
+                }
             flax_best = min(
                 v["seconds"] for k, v in res.items() if k.startswith("flax")
             )
@@ -212,8 +222,8 @@ def main(argv=None):
                 f"= {flops / peak / 1e6:.1f} ms at peak"
             )
             print(
-                f"{'implementation':<26}{'median ms':>10}{'compile s':>10}{'GFLOP/s':>9}"
-                f"{'/flax best':>11}{'/torch':>8}"
+                f"{'implementation':<26}{'median ms':>10}{'IQR %':>7}{'compile s':>10}"
+                f"{'GFLOP/s':>9}{'/flax best':>11}{'/torch':>8}"
             )
             for name, v in res.items():
                 t = v["seconds"]
@@ -224,8 +234,8 @@ def main(argv=None):
                 )
                 tr = "" if torch_t is None else f"{t / torch_t:.2f}"
                 print(
-                    f"{name:<26}{t * 1e3:>10.1f}{comp:>10}{flops / t / 1e9:>9.1f}"
-                    f"{t / flax_best:>11.2f}{tr:>8}"
+                    f"{name:<26}{t * 1e3:>10.1f}{100 * v['iqr']:>7.0f}{comp:>10}"
+                    f"{flops / t / 1e9:>9.1f}{t / flax_best:>11.2f}{tr:>8}"
                 )
                 rows.append(
                     {
