@@ -129,6 +129,9 @@ _lstm_core.defvjp(_lstm_fwd, _lstm_bwd)
 
 
 # --- GRU (reset after the recurrent matmul) ----------------------------------------------
+#
+# As for the LSTM: the loop stores the carries and the r, z, n, hn activations only; the
+# factors of the backward recursion are computed for all steps at once outside the loop.
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
@@ -144,45 +147,46 @@ def _gru_fwd(w_hh, b_hh, xp, h0, mask, clip, mode, unroll):
         xp_t, m = inp
         hp = h @ w_hh + b_hh[None, :]
         rz = jax.nn.sigmoid(xp_t[:, : 2 * H] + hp[:, : 2 * H])
-        r, z = rz[:, :H], rz[:, H:]
         hn = hp[:, 2 * H :]
-        n = jnp.tanh(xp_t[:, 2 * H :] + r * hn)
-        h_new = (1 - z) * n + z * h
-        y = h_new if m is None else m * h_new
-        return _mix(m, h_new, h), (y, r, z, n, hn, h)
+        n = jnp.tanh(xp_t[:, 2 * H :] + rz[:, :H] * hn)
+        h_new = n + rz[:, H:] * (h - n)
+        h = _mix(m, h_new, h)
+        return h, (h, rz, n, hn)
 
-    hT, (ys, r, z, n, hn, h_prev) = lax.scan(body, h0, (xp, mask), unroll=unroll)
-    return (ys, hT), (w_hh, r, z, n, hn, h_prev, mask)
+    hT, (hs, rz, n, hn) = lax.scan(body, h0, (xp, mask), unroll=unroll)
+    return (hs, hT), (w_hh, rz, n, hn, hs, h0, mask)
 
 
 def _gru_bwd(clip, mode, unroll, res, cts):
-    w_hh, r, z, n, hn, h_prev, mask = res
-    dys, dhT = cts
+    w_hh, rz, n, hn, hs, h0, mask = res
+    dhs, dhT = cts
     H = w_hh.shape[0]
     w_hh_t = w_hh.T
+    r, z = rz[..., :H], rz[..., H:]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)
+    a_n = (1 - z) * (1 - n * n)  # d h_t / d(pre-activation of n)
+    # d h_t / d(pre-activations of r, z), and r: what dz_n is multiplied by in dhp.
+    coef = jnp.concatenate([a_n * hn * r * (1 - r), (h_prev - n) * z * (1 - z), r], -1)
 
     def body(dh_next, inp):
-        dy, r, z, n, hn, hp, m = inp
-        dh = dy + dh_next
+        dh_out, an, cf, zt, m = inp
+        dh = dh_out + dh_next
         if m is not None:
             dh_keep, dh = (1 - m) * dh, m * dh
         (dh,) = _clip((dh,), clip, mode)
-        dn = dh * (1 - z)
-        dan = dn * (1 - n * n)
-        dar = dan * hn * r * (1 - r)
-        daz = dh * (hp - n) * z * (1 - z)
-        dxp = jnp.concatenate([dar, daz, dan], -1)
-        dhp = jnp.concatenate([dar, daz, dan * r], -1)
-        dh_prev = dh * z + dhp @ w_hh_t
+        dan = dh * an
+        dhp = jnp.concatenate([dh, dh, dan], -1) * cf  # [dar, daz, dan * r]
+        dh_prev = dh * zt + dhp @ w_hh_t
         if m is not None:
             dh_prev = dh_prev + dh_keep
-        return dh_prev, (dxp, dhp)
+        return dh_prev, (dhp, dan)
 
-    dh0, (dxp, dhp) = lax.scan(
-        body, dhT, (dys, r, z, n, hn, h_prev, mask), reverse=True, unroll=unroll
+    dh0, (dhp, dan) = lax.scan(
+        body, dhT, (dhs, a_n, coef, z, mask), reverse=True, unroll=unroll
     )
     T, B, G = dhp.shape
     dw_hh = h_prev.reshape(T * B, H).T @ dhp.reshape(T * B, G)
+    dxp = jnp.concatenate([dhp[..., : 2 * H], dan], -1)
     return dw_hh, jnp.sum(dhp, axis=(0, 1)), dxp, dh0, None
 
 
@@ -339,7 +343,7 @@ def unroll_batch(
         ys = hs if mask is None else hs * mask  # outputs of padded steps are 0
         final = LSTMState(h=hT, c=cT)
     elif cell.kind == "gru":
-        ys, final = _gru_core(
+        hs, final = _gru_core(
             params["w_hh"],
             params["b_hh"],
             xp,
@@ -349,6 +353,7 @@ def unroll_batch(
             grad_clip_mode,
             unroll,
         )
+        ys = hs if mask is None else hs * mask
     else:
         ys, final = _vanilla_core(
             params["w_hh"],
