@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jgrad-installed
 
-.PHONY: demo test test-slow lint clean
+.PHONY: demo test test-slow bench lint clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jgrad needs Python >= 3.11; run make with PYTHON=python3.11 (or newer)")'
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m slow
+
+# Benchmarks (torch comparison only if installed: $(PY) -m pip install -e '.[bench]').
+bench: $(STAMP)
+	$(PY) scripts/bench_rnn.py $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check jgrad tests scripts && $(VENV)/bin/ruff format --check jgrad tests scripts
