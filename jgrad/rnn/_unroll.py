@@ -166,7 +166,7 @@ def unroll(
     T = xs.shape[0]
 
     def body(carry, inp):
-        xp_t, t = inp
+        xp_t, t = inp if seq_length is not None else (inp, None)
         new, y = cell.step(params, carry, xp_t)
         if grad_clip is not None:
             new = clip_carry_grad(new, grad_clip, grad_clip_mode)
@@ -177,9 +177,9 @@ def unroll(
             y = jnp.where(real, y, jnp.zeros_like(y))
         return new, ((y, new) if return_carries else y)
 
-    final, out = lax.scan(
-        body, carry0, (xp, jnp.arange(T)), reverse=reverse, unroll=unroll
-    )
+    # The step index is scanned only when a length has to be compared with it.
+    inputs = xp if seq_length is None else (xp, jnp.arange(T))
+    final, out = lax.scan(body, carry0, inputs, reverse=reverse, unroll=unroll)
     if return_carries:
         ys, carries = out
         return final, ys, carries

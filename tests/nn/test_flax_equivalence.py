@@ -5,8 +5,6 @@ variable dict and checks outputs, updated batch statistics and gradients. Inputs
 with a non-zero mean so a dropped mean subtraction shows.
 """
 
-import contextlib
-
 import chex
 import flax.linen as fnn
 import jax
@@ -15,16 +13,9 @@ import numpy as np
 import pytest
 
 import jgrad
+from tests.helpers import default_promotion
 
 RTOL, ATOL = 1e-5, 1e-5
-
-
-def _flax_ok():
-    """flax's own code may rely on implicit promotion; allow it inside flax calls only."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.numpy_rank_promotion("allow"))
-    stack.enter_context(jax.numpy_dtype_promotion("standard"))
-    return stack
 
 
 def _key(seed):
@@ -54,11 +45,11 @@ def test_dense_matches_flax_outputs_and_gradients(rng, batch):
     fvars = {"params": {"kernel": params["w"], "bias": params["b"]}}
 
     def flax_apply(p, x):
-        with _flax_ok():
+        with default_promotion():
             return fl.apply({"params": {"kernel": p["w"], "bias": p["b"]}}, x)
 
     y = jax.jit(layer.apply)(params, x)
-    with _flax_ok():
+    with default_promotion():
         y_ref = fl.apply(fvars, x)
     assert y.shape == ((out_dim,) if batch is None else (batch, out_dim))
     chex.assert_trees_all_close(y, y_ref, rtol=RTOL, atol=ATOL)
@@ -121,7 +112,7 @@ def test_batch_norm_train_matches_flax(rng, shape, momentum, eps):
     )
 
     fl = fnn.BatchNorm(use_running_average=False, momentum=momentum, epsilon=eps)
-    with _flax_ok():
+    with default_promotion():
         y_ref, upd = fl.apply(_bn_vars(params), x, mutable=["batch_stats"])
     chex.assert_trees_all_close(y, y_ref, rtol=1e-4, atol=1e-4)
     chex.assert_trees_all_close(
@@ -147,7 +138,7 @@ def test_batch_norm_eval_matches_flax(rng, shape):
 
     y, new = jax.jit(lambda p, x: layer.apply(p, x, return_state=True))(params, x)
     fl = fnn.BatchNorm(use_running_average=True, momentum=momentum, epsilon=eps)
-    with _flax_ok():
+    with default_promotion():
         y_ref = fl.apply(_bn_vars(params), x)
     chex.assert_trees_all_close(y, y_ref, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_equal(new, params)  # eval mode leaves running stats alone
@@ -175,7 +166,7 @@ def test_layer_norm_matches_flax(rng, shape, eps):
 
     y = jax.jit(layer.apply)(params, x)
     fl = fnn.LayerNorm(epsilon=eps)
-    with _flax_ok():
+    with default_promotion():
         y_ref = fl.apply(
             {"params": {"scale": params["scale"], "bias": params["offset"]}}, x
         )
@@ -195,7 +186,7 @@ def test_dropout_matches_flax(rng, getkey, p, shape):
     k = getkey()
 
     y = jax.jit(lambda x, k: layer.apply(params, x, train=True, key=k))(x, k)
-    with _flax_ok():
+    with default_promotion():
         y_ref = fnn.Dropout(p, deterministic=False).apply({}, x, rng=k)
     chex.assert_trees_all_close(y, y_ref, rtol=1e-6, atol=0)
     # not the identity and not all zeros: some units dropped, some kept
@@ -230,7 +221,7 @@ def test_conv2d_matches_flax(rng, features, kernel_size, strides, padding, batch
 
     y = jax.jit(layer.apply)(params, x)
     fl = fnn.Conv(features, kernel_size, strides=strides, padding=padding)
-    with _flax_ok():
+    with default_promotion():
         y_ref = fl.apply({"params": {"kernel": params["w"], "bias": params["b"]}}, x)
     expected_shape = out_shape if batch is None else (batch,) + out_shape
     assert y.shape == expected_shape

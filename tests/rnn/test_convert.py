@@ -7,8 +7,6 @@ carry and loss weight is random (biases included), so a swapped gate or a droppe
 changes the numbers. PyTorch is optional: its tests skip when it is not installed.
 """
 
-import contextlib
-
 import chex
 import flax.linen as fnn
 import jax
@@ -18,6 +16,7 @@ import pytest
 
 import jgrad
 from jgrad.rnn import LSTMState
+from tests.helpers import default_promotion
 
 B, T, IN, H = 3, 7, 4, 5
 RTOL, ATOL = 1e-5, 1e-5
@@ -31,14 +30,6 @@ CELLS = {
     "tanh": jgrad.rnn.vanilla(H, "tanh"),
     "relu": jgrad.rnn.vanilla(H, "relu"),
 }
-
-
-def _flax_ok():
-    """flax's own code may rely on implicit promotion; allow it inside flax calls only."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.numpy_rank_promotion("allow"))
-    stack.enter_context(jax.numpy_dtype_promotion("standard"))
-    return stack
 
 
 def _key(seed):
@@ -120,12 +111,12 @@ def test_matches_flax_outputs_and_gradients(rng, name, flax_cls):
     fc0 = (c0.c, c0.h) if name == "lstm" else c0  # flax's LSTM carry is (c, h)
 
     def flax_loss(fp, x):
-        with _flax_ok():
+        with default_promotion():
             out = model.apply({"params": {"cell": fp}}, x, initial_carry=fc0)
         return jnp.sum(w * out**2), out
 
     fparams = jgrad.rnn.to_flax(cell, params)
-    with _flax_ok():
+    with default_promotion():
         shapes = jax.eval_shape(model.init, _key(1), xs)["params"]["cell"]
     # Every flax parameter is set, with flax's names and shapes.
     chex.assert_trees_all_equal_shapes_and_dtypes(
@@ -159,7 +150,7 @@ def test_flax_mismatch_detected_with_wrong_carry_order(rng):
     xs = jnp.asarray(_randn(rng, (B, T, IN)))
     c0 = _carry("lstm", rng)
     ys = _jgrad_fn("lstm")(params, xs, c0, jnp.ones((B, T, H)))[0]
-    with _flax_ok():
+    with default_promotion():
         wrong = fnn.RNN(fnn.LSTMCell(H)).apply(
             {"params": {"cell": jgrad.rnn.to_flax(cell, params)}},
             xs,
