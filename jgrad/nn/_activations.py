@@ -277,6 +277,7 @@ def elementwise(act: str | Activation, **hyperparams: Any) -> Layer:
     a = activation(act, **hyperparams)
     layer = plain_layer(lambda key, shape: (shape, {}), lambda params, x: a.fn(x))
     layer.apply.activation = a
+    layer.apply.kind = "elementwise"
     return layer
 
 

@@ -83,6 +83,8 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     def checked_init(key, in_shape):
         return init(key, check_in_shape(in_shape))
 
+    apply.kind = "batch_norm"
+    apply.couples_examples = True  # in train mode; read by the analyzers
     return Layer(checked_init, apply)
 
 

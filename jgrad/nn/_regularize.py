@@ -108,4 +108,8 @@ def residual(block: Layer, scale: float = 1.0) -> Layer:
         new["block"] = bp
         return y, new
 
+    # Read by the analyzers: J = shortcut + scale * J_block, with J_block in closed form.
+    apply.kind = "residual"
+    apply.block = block
+    apply.scale = scale
     return Layer(init, apply)

@@ -1,0 +1,370 @@
+"""Exact layer-to-layer Jacobians J_l = d h_l / d h_{l-1} along the forward trajectory.
+
+Closed forms are used where they are cheap: a dense layer's Jacobian is ``w^T``, an elementwise
+activation's is ``diag(phi'(h))`` (kept as a vector), and a dense layer followed by an
+activation fuses to ``diag(phi'(a)) w^T`` (a row scaling, no matmul). A residual block is
+``shortcut + scale * J_block`` with ``J_block`` again in closed form where possible. Any other
+layer (layer norm, conv, pooling, a layer the user wrote, a flax module) falls back to an exact
+autodiff Jacobian, forward or reverse mode by shape, computed in chunks of basis vectors when
+``chunk_size`` is given (``jax.jacrev`` has no chunking; jax#11319).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jgrad import _checks
+from jgrad.nn._layer import Layer
+
+__all__ = ["Jacobians", "layer_jacobians", "jacobian", "as_layers"]
+
+
+class Jacobians(NamedTuple):
+    """Per-layer Jacobians along one forward trajectory.
+
+    Attributes:
+        mats: tuple of L matrices, ``mats[l-1] = d h_l / d h_{l-1}`` of shape
+            ``(size(h_l), size(h_{l-1}))`` (inputs and outputs flattened, row-major).
+        hs: tuple of the L+1 representations ``h_0 = x, h_1, ..., h_L`` (h_L the output).
+        first_nonfinite: int32 scalar, the first k with a non-finite entry in ``h_k`` or
+            ``J_k``, or -1 when the whole trajectory is finite.
+    """
+
+    mats: tuple
+    hs: tuple
+    first_nonfinite: jax.Array
+
+    def stacked(self) -> jax.Array:
+        """The Jacobians as one ``(L, m, n)`` array (all layers must have equal shapes)."""
+        shapes = {m.shape for m in self.mats}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"`stacked()` needs Jacobians of one shape, got {sorted(shapes)}. Use "
+                "`mats` (a tuple) for networks whose width changes."
+            )
+        return jnp.stack(self.mats)
+
+
+# ----------------------------------------------------------------------------------------
+# Layers
+
+
+def _flax_layer(module) -> Layer:
+    def init(key, in_shape):
+        variables = module.init(key, jnp.zeros(tuple(in_shape), jnp.float32))
+        out = jax.eval_shape(module.apply, variables, jnp.zeros(tuple(in_shape)))
+        return tuple(out.shape), variables
+
+    def apply(params, x, *, train=False, key=None, return_state=False):
+        del train, key
+        y = module.apply(params, x)
+        return (y, params) if return_state else y
+
+    return Layer(init, apply)
+
+
+def _callable_layer(fn) -> Layer:
+    def init(key, in_shape):
+        raise ValueError(
+            "a plain function in `net` has no init; pass its params yourself."
+        )
+
+    def apply(params, x, *, train=False, key=None, return_state=False):
+        del train, key
+        y = fn(params, x)
+        return (y, params) if return_state else y
+
+    return Layer(init, apply)
+
+
+def _is_flax_module(obj) -> bool:
+    try:
+        import flax.linen as nn
+    except ImportError:  # pragma: no cover - flax is a core dependency
+        return False
+    return isinstance(obj, nn.Module)
+
+
+def as_layers(net: Any) -> tuple[tuple[Layer, ...], tuple[int, ...]]:
+    """The layers of ``net`` and the indices of the layers that end a block.
+
+    ``net`` may be a ``serial`` network (its ``.layers`` and ``.block_ends``), a single Layer,
+    or a sequence whose items are Layers, flax ``linen.Module``s (params entry: the module's
+    variables) or functions ``fn(params, x) -> y``.
+
+    Raises:
+        ValueError: if ``net`` is none of these.
+    """
+    if isinstance(net, Layer):
+        layers = tuple(getattr(net, "layers", (net,)))
+        ends = tuple(getattr(net, "block_ends", range(len(layers))))
+        return layers, ends
+    if isinstance(net, (tuple, list)) and net:
+        out = []
+        for i, item in enumerate(net):
+            if isinstance(item, Layer):
+                out.append(item)
+            elif _is_flax_module(item):
+                out.append(_flax_layer(item))
+            elif callable(item):
+                out.append(_callable_layer(item))
+            else:
+                raise ValueError(
+                    f"`net[{i}]` must be a jgrad.nn.Layer, a flax.linen.Module or a function "
+                    f"fn(params, x), got {type(item).__name__}."
+                )
+        return tuple(out), tuple(range(len(out)))
+    raise ValueError(
+        f"`net` must be a jgrad.nn.Layer or a non-empty sequence of Layers / flax modules / "
+        f"functions fn(params, x), got {type(net).__name__}. Build it with "
+        "jgrad.nn.serial(...) or jgrad.nn.mlp(...)."
+    )
+
+
+def _couples_examples(layer: Layer) -> bool:
+    if getattr(layer.apply, "couples_examples", False):
+        return True
+    block = getattr(layer.apply, "block", None)
+    subs = tuple(getattr(layer, "layers", ())) + ((block,) if block else ())
+    return any(_couples_examples(s) for s in subs)
+
+
+# ----------------------------------------------------------------------------------------
+# Chunked autodiff Jacobian
+
+
+def jacobian(
+    fn: Callable[[jax.Array], jax.Array],
+    x: jax.Array,
+    *,
+    mode: str = "auto",
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """The exact Jacobian of ``fn`` at ``x`` as a matrix, optionally in chunks.
+
+    Inputs and outputs are flattened (row-major), so the result has shape
+    ``(fn(x).size, x.size)`` whatever their shapes. Forward mode (one JVP per input basis
+    vector) or reverse mode (one VJP per output basis vector); ``"auto"`` picks the one with
+    fewer passes. With ``chunk_size`` the basis vectors are pushed ``chunk_size`` at a time
+    (``lax.map``), so peak memory is ``chunk_size`` tangents instead of all of them, which
+    ``jax.jacrev``/``jax.jacfwd`` cannot do.
+
+    Args:
+        fn: a function of one array.
+        x: the point.
+        mode: ``"auto"``, ``"fwd"`` or ``"rev"``.
+        chunk_size: basis vectors per batch; None pushes all at once (fastest, most memory).
+
+    Returns:
+        The ``(m, n)`` Jacobian.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> J = jacobian(lambda v: jnp.sin(v) * v[0], jnp.arange(1.0, 4.0), chunk_size=2)
+        >>> J.shape
+        (3, 3)
+    """
+    _checks.choice("mode", mode, ("auto", "fwd", "rev"))
+    if chunk_size is not None:
+        _checks.positive_int("chunk_size", chunk_size)
+    x = jnp.asarray(x)
+    shape = x.shape
+
+    def flat_fn(v):
+        return jnp.ravel(fn(v.reshape(shape)))
+
+    xf = jnp.ravel(x)
+    out = jax.eval_shape(flat_fn, xf)
+    n, m = xf.size, out.shape[0]
+    if mode == "auto":
+        mode = "fwd" if n <= m else "rev"
+    if mode == "fwd":
+        push = lambda t: jax.jvp(flat_fn, (xf,), (t,))[1]  # noqa: E731
+        basis = jnp.eye(n, dtype=xf.dtype)
+        cols = jax.lax.map(push, basis, batch_size=chunk_size or n)
+        return cols.T
+    _, pull = jax.vjp(flat_fn, xf)
+    basis = jnp.eye(m, dtype=out.dtype)
+    return jax.lax.map(lambda c: pull(c)[0], basis, batch_size=chunk_size or m)
+
+
+# ----------------------------------------------------------------------------------------
+# Closed forms. A Jacobian is either ("diag", d) for diag(d) or ("full", M).
+
+
+def _to_full(j):
+    kind, v = j
+    return jnp.diag(v) if kind == "diag" else v
+
+
+def _compose(a, b):
+    """a @ b for Jacobians in either form (a applied after b)."""
+    (ka, va), (kb, vb) = a, b
+    if ka == "diag" and kb == "diag":
+        return ("diag", va * vb)
+    if ka == "diag":
+        return ("full", va[:, None] * vb)
+    if kb == "diag":
+        return ("full", va * vb[None, :])
+    return ("full", va @ vb)
+
+
+def _add(a, b):
+    if a[0] == "diag" and b[0] == "diag":
+        return ("diag", a[1] + b[1])
+    return ("full", _to_full(a) + _to_full(b))
+
+
+def _layer_jacobian(layer, p, h, *, train, key, chunk_size):
+    """(J, y) for one layer at input h (one example, or the whole batch as one input)."""
+    kind = getattr(layer.apply, "kind", None)
+    if kind == "dense" and h.ndim == 1:
+        return ("full", p["w"].T), layer.apply(p, h)
+    if kind == "elementwise":
+        act = layer.apply.activation
+        return ("diag", jnp.ravel(act.deriv(h))), act.fn(h)
+    if kind == "residual" and h.ndim == 1:
+        jb, yb = _layer_jacobian(
+            layer.apply.block, p["block"], h, train=train, key=key, chunk_size=chunk_size
+        )
+        scale = layer.apply.scale
+        jb = (jb[0], scale * jb[1])
+        if "proj" in p:
+            w = p["proj"]["w"]
+            return _add(("full", w.T), jb), h @ w + scale * yb
+        return _add(("diag", jnp.ones(h.size, h.dtype)), jb), h + scale * yb
+    if hasattr(layer, "layers"):
+        return _serial_jacobian(
+            tuple(layer.layers), p, h, train=train, key=key, chunk_size=chunk_size
+        )
+
+    def f(v):
+        return layer.apply(p, v, train=train, key=key)
+
+    y = f(h)
+    return ("full", jacobian(f, h, chunk_size=chunk_size)), y
+
+
+def _serial_jacobian(layers, params, h, *, train, key, chunk_size):
+    keys = (
+        [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+    )
+    j = None
+    for layer, p, k in zip(layers, params, keys, strict=True):
+        jl, h = _layer_jacobian(layer, p, h, train=train, key=k, chunk_size=chunk_size)
+        j = jl if j is None else _compose(jl, j)
+    return j, h
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def layer_jacobians(
+    net: Any,
+    params: Sequence[Any],
+    x: jax.Array,
+    *,
+    blocks: bool = True,
+    train: bool = False,
+    key: jax.Array | None = None,
+    batch_jacobian: bool = False,
+    chunk_size: int | None = None,
+) -> Jacobians:
+    """The exact Jacobians ``J_l = d h_l / d h_{l-1}`` of one example's forward pass.
+
+    With ``blocks=True`` (default) the representations ``h_l`` are the outputs of the blocks
+    that ``net.block_ends`` names (for ``jgrad.nn.mlp``: after each activation, so
+    ``J_l = diag(phi'(a_l)) W_l^T``), plus the network output when the last layer is not a
+    block end (a readout); with ``blocks=False`` every layer is one step. Either way the
+    product ``J_L ... J_1`` is ``d y / d x``.
+
+    Batch norm in train mode couples the examples of a batch, so a per-example Jacobian does
+    not exist. Pass the whole batch as ``x`` with ``batch_jacobian=True``: the batch is then
+    one input of size ``B * n`` and ``J_l`` is the ``(B n, B n)`` batch Jacobian analysed by
+    Yang et al. (2019), whose gradients explode with depth at any width.
+
+    Args:
+        net: a ``jgrad.nn.serial``/``mlp``/``resnet`` network, a Layer, or a sequence of
+            Layers, flax ``linen.Module``s and functions ``fn(params, x)``.
+        params: the network's params: one entry per layer (flax modules: their variables).
+        x: ONE example (vmap for a batch), or the whole batch with ``batch_jacobian=True``.
+        blocks: Jacobians between block outputs (True) or between every layer (False).
+        train: apply the layers in train mode (dropout masks, batch statistics).
+        key: dropout key, split once per layer as ``serial`` does.
+        batch_jacobian: treat ``x`` as one input (required for batch norm in train mode).
+        chunk_size: basis vectors per batch in the autodiff fallback (memory bound).
+
+    Returns:
+        A :class:`Jacobians` (``mats``, ``hs``, ``first_nonfinite``).
+
+    Raises:
+        ValueError: ``net`` is not a network, ``params`` does not fit it, or batch norm in
+            train mode without ``batch_jacobian=True``.
+
+    References:
+        Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz, "A Mean Field Theory of Batch
+        Normalization", ICLR 2019, arXiv:1902.08129.
+
+    Examples:
+        >>> import jax, jgrad
+        >>> net = jgrad.nn.mlp(3, 4, activation="tanh")
+        >>> _, params = net.init(jax.random.key(0), (4,))
+        >>> jac = jgrad.analyze.layer_jacobians(net, params, jax.numpy.linspace(-1, 1, 4))
+        >>> [j.shape for j in jac.mats], int(jac.first_nonfinite)
+        ([(4, 4), (4, 4), (4, 4)], -1)
+    """
+    layers, ends = as_layers(net)
+    if not isinstance(params, (tuple, list)) or len(params) != len(layers):
+        got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+        raise ValueError(
+            f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
+            "params returned by net.init."
+        )
+    if chunk_size is not None:
+        _checks.positive_int("chunk_size", chunk_size)
+    if train and not batch_jacobian and any(_couples_examples(l) for l in layers):
+        raise ValueError(
+            "`batch_jacobian` must be True for a network with batch norm in train mode "
+            "(train=True), got False: batch norm couples the examples, so there is no "
+            "per-example Jacobian. Pass the whole batch as `x` with batch_jacobian=True, "
+            "or use train=False."
+        )
+    x = jnp.asarray(x)
+    if batch_jacobian and x.ndim < 2:
+        raise ValueError(
+            f"`x` must be a batch (B, ...) with batch_jacobian=True, got shape {x.shape}."
+        )
+    if not blocks:
+        ends = tuple(range(len(layers)))
+    ends = tuple(sorted(set(ends)))
+    if not ends or ends[-1] != len(layers) - 1:
+        ends = ends + (len(layers) - 1,)
+    keys = (
+        [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+    )
+    mats, hs = [], [x]
+    start = 0
+    h = x
+    for end in ends:
+        seg = slice(start, end + 1)
+        j = None
+        for layer, p, k in zip(layers[seg], params[seg], keys[seg], strict=True):
+            jl, h = _layer_jacobian(
+                layer, p, h, train=train, key=k, chunk_size=chunk_size
+            )
+            j = jl if j is None else _compose(jl, j)
+        mats.append(_to_full(j))
+        hs.append(h)
+        start = end + 1
+    finite = [jnp.all(jnp.isfinite(hs[0]))] + [
+        jnp.all(jnp.isfinite(h)) & jnp.all(jnp.isfinite(m))
+        for h, m in zip(hs[1:], mats, strict=True)
+    ]
+    bad = ~jnp.stack(finite)
+    first = jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32)
+    return Jacobians(tuple(mats), tuple(hs), first)
+

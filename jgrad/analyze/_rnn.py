@@ -1,0 +1,433 @@
+"""Step-to-step Jacobians of recurrent cells, their products, Lyapunov exponents and
+per-time-step gradient norms.
+
+The state s_t is the flattened carry: ``h_t`` for the vanilla RNN and GRU, ``[h_t, c_t]``
+(h first) for the LSTM, so ``n = H`` or ``2H``. The step Jacobian is
+``J_t = d s_t / d s_{t-1}`` at the states of the actual forward pass, with the input x_t
+held fixed.
+
+Back-propagation through time multiplies the output gradient by ``d s_T / d s_t =
+J_T ... J_{t+1}``; when its norm decays (grows) exponentially in T - t the gradient vanishes
+(explodes). Pascanu, Mikolov & Bengio (2013) bound it for ``h_t = phi(W h_{t-1} + ...)``:
+``||J_t|| <= gamma ||W||_2`` with ``gamma = sup|phi'|``, so ``gamma ||W||_2 < 1`` is
+sufficient for vanishing. The Lyapunov exponents of the input-driven map are the asymptotic
+growth rates of the singular values of that product: a largest exponent below 0 means
+gradients vanish exponentially, above 0 that some direction explodes (Vogt et al. 2022;
+Engelken, Wolf & Abbott 2023).
+
+References:
+    Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
+    ICML 2013, arXiv:1211.5063.
+    Vogt, Puelma Touzel, Shlizerman & Lajoie, "On Lyapunov exponents for RNNs: understanding
+    information propagation using dynamical systems tools", Front. Appl. Math. Stat. 2022,
+    arXiv:2006.14123.
+    Engelken, Wolf & Abbott, "Lyapunov spectra of chaotic recurrent neural networks", Phys.
+    Rev. Research 5, 2023, arXiv:2006.02427.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jgrad import _checks
+from jgrad.analyze._products import LogMatrix, _normalize
+from jgrad.rnn._cell import Cell, LSTMState
+from jgrad.rnn._unroll import _validate, unroll
+
+__all__ = [
+    "flatten_carry",
+    "unflatten_carry",
+    "rnn_step_jacobians",
+    "rnn_jacobian_products",
+    "rnn_grad_norms",
+    "TimeGradFlow",
+    "lyapunov_spectrum",
+    "PascanuBound",
+    "pascanu_bound",
+]
+
+
+def flatten_carry(carry: Any) -> jax.Array:
+    """The state vector s of a carry: ``h``, or ``[h, c]`` for an ``LSTMState``."""
+    if isinstance(carry, LSTMState):
+        return jnp.concatenate([carry.h, carry.c], axis=-1)
+    return carry
+
+
+def unflatten_carry(cell: Cell, s: jax.Array) -> Any:
+    """Inverse of :func:`flatten_carry` for ``cell``."""
+    if cell.kind == "lstm":
+        return LSTMState(s[..., : cell.hidden], s[..., cell.hidden :])
+    return s
+
+
+def _check_cell(cell):
+    if not isinstance(cell, Cell):
+        raise ValueError(
+            f"`cell` must be a jgrad.rnn Cell (vanilla, lstm, gru), got "
+            f"{type(cell).__name__}."
+        )
+
+
+def _states(cell, params, xs, carry0):
+    """(xp (T, G), previous states (T, n), next states (T, n)), validated."""
+    _check_cell(cell)
+    _validate(cell, params, xs, carry0, None, 1, None, "value")
+    xp = cell.input_proj(params, xs)
+    _, _, carries = unroll(cell, params, xs, carry0, return_carries=True)
+    s_next = flatten_carry(carries)
+    s0 = flatten_carry(carry0)
+    s_prev = jnp.concatenate([s0[None], s_next[:-1]], axis=0)
+    return xp, s_prev, s_next
+
+
+def _step_fn(cell, params):
+    def f(s, xp_t):
+        new, _ = cell.step(params, unflatten_carry(cell, s), xp_t)
+        return flatten_carry(new)
+
+    return f
+
+
+def _warn_nonfinite(values: jax.Array, what: str) -> None:
+    """Warns naming the first non-finite step when the values are concrete (outside jit);
+    under jit the non-finite entries are the data the caller gets."""
+    try:
+        bad = jnp.any(~jnp.isfinite(values), axis=tuple(range(1, values.ndim)))
+        if bool(jnp.any(bad)):
+            t = int(jnp.argmax(bad))
+            warnings.warn(
+                f"{what}: non-finite values first at step {t + 1} (1-based); the states "
+                "overflowed or the inputs hold NaN/inf.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    except jax.errors.ConcretizationTypeError:
+        pass
+
+
+def rnn_step_jacobians(
+    cell: Cell, params: dict, xs: jax.Array, carry0: Any
+) -> jax.Array:
+    """Step Jacobians ``J_t = d s_t / d s_{t-1}`` of the flattened carry, t = 1..T.
+
+    The states come from one forward pass (``unroll(return_carries=True)``); the Jacobians
+    are then computed for all steps in parallel (``vmap`` over t of ``jax.jacfwd`` of one
+    step), not in a sequential loop.
+
+    Args:
+        cell: a ``jgrad.rnn`` cell.
+        params: its params.
+        xs: ``(T, in_dim)`` one sequence (vmap for a batch), T >= 1.
+        carry0: the initial carry, like ``cell.init_carry()``.
+
+    Returns:
+        ``(T, n, n)`` with n = H (vanilla, GRU) or 2H (LSTM, state ``[h, c]``). Outside
+        ``jit``, a non-finite state or Jacobian raises a ``RuntimeWarning`` naming the
+        first such step.
+
+    Examples:
+        >>> import jax, jgrad
+        >>> cell = jgrad.rnn.lstm(4)
+        >>> params = cell.init(jax.random.key(0), 3)
+        >>> xs = jax.random.normal(jax.random.key(1), (6, 3))
+        >>> jgrad.analyze.rnn_step_jacobians(cell, params, xs, cell.init_carry()).shape
+        (6, 8, 8)
+    """
+    xp, s_prev, s_next = _states(cell, params, xs, carry0)
+    jac = jax.vmap(jax.jacfwd(_step_fn(cell, params)))(s_prev, xp)
+    _warn_nonfinite(
+        jnp.concatenate([s_next, jac.reshape(jac.shape[0], -1)], axis=1),
+        "rnn_step_jacobians",
+    )
+    return jac
+
+
+def rnn_jacobian_products(
+    cell: Cell,
+    params: dict,
+    xs: jax.Array,
+    carry0: Any,
+    *,
+    parallel: bool = False,
+) -> LogMatrix:
+    """``d s_T / d s_t = J_T ... J_{t+1}`` for every t = 0..T-1, in log space.
+
+    Args:
+        cell, params, xs, carry0: as :func:`rnn_step_jacobians`.
+        parallel: combine with ``lax.associative_scan`` (O(log T) depth, about twice the
+            flops; each partial product is rescaled, so it is as stable as the sequential
+            reverse scan used by default).
+
+    Returns:
+        A stacked :class:`LogMatrix`: ``matrix`` ``(T, n, n)`` and ``log_scale`` ``(T,)``,
+        entry t being ``d s_T / d s_t``. ``jgrad.analyze.log_singular_values`` of it gives
+        every spectrum; ``log_scale`` is the log Frobenius norm.
+    """
+    jac = rnn_step_jacobians(cell, params, xs, carry0)
+    if not parallel:
+        from jgrad.analyze._products import output_products
+
+        return output_products(jac)
+
+    def combine(a, b):
+        # With reverse=True, `a` holds the later steps' product and `b` the earlier ones'
+        # (the element order is flipped), so the product is a @ b: J_T ... J_{t+1}.
+        m, s = _normalize(jnp.einsum("...ij,...jk->...ik", a[0], b[0]), a[1] + b[1])
+        return m, s
+
+    init = _normalize(jac, jnp.zeros(jac.shape[0], jac.dtype))
+    m, s = jax.lax.associative_scan(combine, init, reverse=True)
+    return LogMatrix(m, s)
+
+
+class TimeGradFlow(NamedTuple):
+    """Per-time-step gradient norms ``||dL/ds_t||`` from one backward pass.
+
+    Attributes:
+        log10_norm: ``(T+1,)`` log10 ||dL/ds_t|| for t = 0..T (t = 0 the initial carry),
+            computed with a rescaled cotangent so it never underflows; ``-inf`` only for an
+            exactly zero gradient.
+        raw_norm: ``(T+1,)`` the same norms from the plain float backward pass (what
+            ``jax.grad`` gives); 0 where it underflowed.
+        underflow: ``(T+1,)`` bool, the plain gradient is exactly zero though the stable
+            norm is finite.
+        loss: the scalar loss.
+    """
+
+    log10_norm: jax.Array
+    raw_norm: jax.Array
+    underflow: jax.Array
+    loss: jax.Array
+
+
+def _norm(v):
+    m = jnp.max(jnp.abs(v))
+    safe = jnp.where(m > 0, m, 1.0)
+    return jnp.where(m > 0, m * jnp.sqrt(jnp.sum(jnp.square(v / safe))), 0.0)
+
+
+def _safe_log(x):
+    return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), -jnp.inf)
+
+
+def rnn_grad_norms(
+    cell: Cell,
+    params: dict,
+    xs: jax.Array,
+    carry0: Any,
+    loss_fn: Callable[[jax.Array], jax.Array],
+) -> TimeGradFlow:
+    """``||dL/ds_t||`` for every time step, from one backward pass, in log space.
+
+    ``dL/ds_t`` is the total derivative of the loss with respect to the state after step t
+    (the carry cotangent of the backward scan): the direct term through the output
+    ``y_t = h_t`` plus everything that flows back from later steps. Its decay with T - t is
+    the vanishing gradient through time that the issue trackers of every RNN library ask to
+    see; here it is reported even where float32 underflows to 0.
+
+    Args:
+        cell, params, xs, carry0: as :func:`rnn_step_jacobians`.
+        loss_fn: ``loss_fn(ys) -> scalar`` on the ``(T, H)`` outputs (close over targets).
+
+    Returns:
+        A :class:`TimeGradFlow`.
+    """
+    xp, s_prev, s_next = _states(cell, params, xs, carry0)
+    f = _step_fn(cell, params)
+    H = cell.hidden
+    ys = s_next[:, :H]
+    loss, gy = jax.value_and_grad(loss_fn)(ys)
+    n = s_next.shape[1]
+    direct = jnp.zeros((gy.shape[0], n), gy.dtype).at[:, :H].set(gy)
+
+    def body(carry, inp):
+        u, log_s, raw = carry  # dL/ds_t = exp(log_s) * u; raw = plain cotangent
+        d_t, s_prev_t, xp_t = inp
+        total_log = log_s  # u has unit norm (or is 0)
+        # dL/ds_t = direct_t + (back-propagated part); combine in log space.
+        nd = _norm(d_t)
+        m = jnp.maximum(total_log, _safe_log(nd))
+        m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+        w = u * jnp.exp(jnp.where(jnp.isfinite(total_log), total_log - m_safe, -jnp.inf))
+        w = w + d_t * jnp.exp(-m_safe)
+        nw = _norm(w)
+        u_t = jnp.where(nw > 0, w / jnp.where(nw > 0, nw, 1.0), w)
+        log_t = jnp.where(jnp.isfinite(m), m_safe + _safe_log(nw), -jnp.inf)
+        raw_t = raw + d_t
+        out = (log_t, _norm(raw_t), jnp.all(raw_t == 0))
+        # Pull back through step t to dL/ds_{t-1}.
+        _, pull = jax.vjp(lambda s: f(s, xp_t), s_prev_t)
+        (v,) = pull(u_t)
+        nv = _norm(v)
+        u_prev = jnp.where(nv > 0, v / jnp.where(nv > 0, nv, 1.0), v)
+        (raw_prev,) = pull(raw_t)
+        return (u_prev, log_t + _safe_log(nv), raw_prev), out
+
+    z = jnp.zeros(n, direct.dtype)
+    init = (z, jnp.asarray(-jnp.inf, direct.dtype), z)
+    (u0, log0, raw0), (logs, raws, zeros) = jax.lax.scan(
+        body, init, (direct, s_prev, xp), reverse=True
+    )
+    del u0
+    ln10 = jnp.log(jnp.asarray(10.0, logs.dtype))
+    log10 = jnp.concatenate([log0[None], logs]) / ln10
+    raw_norm = jnp.concatenate([_norm(raw0)[None], raws])
+    zero = jnp.concatenate([jnp.all(raw0 == 0)[None], zeros])
+    return TimeGradFlow(
+        log10_norm=log10,
+        raw_norm=raw_norm,
+        underflow=zero & jnp.isfinite(log10),
+        loss=loss,
+    )
+
+
+def lyapunov_spectrum(
+    cell: Cell,
+    params: dict,
+    xs: jax.Array,
+    carry0: Any,
+    *,
+    k: int | None = None,
+    warmup: int = 0,
+) -> jax.Array:
+    """Input-driven Lyapunov exponents of a recurrent cell, by QR re-orthonormalisation.
+
+    An orthonormal ``(n, k)`` basis Q is pushed through the step Jacobians inside one
+    ``lax.scan`` (k forward-mode JVPs per step, no explicit Jacobian), re-orthonormalised
+    each step (``J_t Q_{t-1} = Q_t R_t``), and the exponents are the time averages of
+    ``log |diag R_t|`` after ``warmup`` steps (Benettin et al. 1980). They are the growth
+    rates, per step, of the singular values of ``d s_T / d s_t``: a largest exponent below 0
+    means gradients through time vanish exponentially at that rate, above 0 that they explode
+    (chaotic dynamics). The sum of all n exponents is the mean of ``log|det J_t|``. Pure and
+    jit-able: ``jax.vmap`` over sequences, initial carries or params for ensembles.
+
+    Args:
+        cell, params, xs, carry0: as :func:`rnn_step_jacobians`.
+        k: number of exponents (the k largest); default n, the full spectrum.
+        warmup: steps to run before averaging (the basis aligns with the dynamics first).
+
+    Returns:
+        ``(k,)`` exponents per step, natural log, descending.
+
+    Examples:
+        >>> import jax, jgrad
+        >>> cell = jgrad.rnn.vanilla(16, weight_var=0.5)
+        >>> params = cell.init(jax.random.key(0), 2)
+        >>> xs = jax.random.normal(jax.random.key(1), (200, 2))
+        >>> lam = jgrad.analyze.lyapunov_spectrum(cell, params, xs, cell.init_carry(), k=3)
+        >>> lam.shape, bool(lam[0] < 0)
+        ((3,), True)
+    """
+    _check_cell(cell)
+    _validate(cell, params, xs, carry0, None, 1, None, "value")
+    T = xs.shape[0]
+    n = flatten_carry(carry0).shape[-1]
+    k = n if k is None else _checks.positive_int("k", k)
+    if k > n:
+        raise ValueError(
+            f"`k` must be at most the state size n = {n}, got {k}. Use k=None for all."
+        )
+    if not isinstance(warmup, int) or not 0 <= warmup < T:
+        raise ValueError(
+            f"`warmup` must be an int in [0, T) = [0, {T}), got {warmup!r}. Leave at least "
+            "one step to average over."
+        )
+    xp = cell.input_proj(params, xs)
+    f = _step_fn(cell, params)
+    s0 = flatten_carry(carry0)
+    q0 = jnp.eye(n, k, dtype=s0.dtype)
+
+    def body(carry, inp):
+        s, q, acc = carry
+        xp_t, t = inp
+        s_new, jq = jax.vmap(
+            lambda v: jax.jvp(lambda z: f(z, xp_t), (s,), (v,)), in_axes=1, out_axes=(None, 1)
+        )(q)
+        q_new, r = jnp.linalg.qr(jq)
+        d = jnp.log(jnp.abs(jnp.diagonal(r)))
+        acc = acc + jnp.where(t >= warmup, d, 0.0)
+        return (s_new, q_new, acc), None
+
+    (_, _, acc), _ = jax.lax.scan(
+        body, (s0, q0, jnp.zeros(k, s0.dtype)), (xp, jnp.arange(T))
+    )
+    return jnp.sort(acc / (T - warmup))[::-1]
+
+
+class PascanuBound(NamedTuple):
+    """The Pascanu et al. (2013) condition for a vanilla RNN, next to the measured rate.
+
+    Attributes:
+        gamma: ``sup |phi'|`` of the activation.
+        w_hh_norm: ``||W_hh||_2``.
+        bound: ``gamma * ||W_hh||_2``; every step Jacobian has norm at most this.
+        vanishing_guaranteed: ``bound < 1`` (sufficient for vanishing gradients).
+        exploding_possible: ``||W_hh||_2 > 1 / gamma`` (necessary for exploding gradients).
+        measured_rate: the fitted per-step growth factor of ``||d s_T / d s_t||_2``
+            (exp of the slope of its log against T - t); at most ``bound``.
+        log_norms: ``(T,)`` natural log ``||d s_T / d s_t||_2`` for t = 0..T-1.
+    """
+
+    gamma: float
+    w_hh_norm: jax.Array
+    bound: jax.Array
+    vanishing_guaranteed: jax.Array
+    exploding_possible: jax.Array
+    measured_rate: jax.Array
+    log_norms: jax.Array
+
+
+def pascanu_bound(
+    cell: Cell, params: dict, xs: jax.Array, carry0: Any
+) -> PascanuBound:
+    """Pascanu et al.'s sufficient condition for vanishing gradients, and the measurement.
+
+    For ``h_t = phi(x_t W_ih + b + h_{t-1} W_hh)``, ``J_t = diag(phi'(a_t)) W_hh^T`` so
+    ``||J_t||_2 <= gamma ||W_hh||_2`` and ``||d s_T / d s_t|| <= (gamma ||W_hh||_2)^(T-t)``.
+
+    Args:
+        cell: a ``jgrad.rnn.vanilla`` cell (the bound is stated for it only).
+        params, xs, carry0: as :func:`rnn_step_jacobians`.
+
+    Returns:
+        A :class:`PascanuBound`.
+
+    References:
+        Pascanu, Mikolov & Bengio, ICML 2013, arXiv:1211.5063, section 3.1.
+    """
+    _check_cell(cell)
+    if cell.kind != "vanilla":
+        raise ValueError(
+            f"`cell` must be a vanilla RNN for the Pascanu bound, got a {cell.kind} cell. "
+            "For gated cells use rnn_jacobian_products or lyapunov_spectrum."
+        )
+    gamma = float(cell.options["gamma"])
+    w_norm = jnp.linalg.norm(params["w_hh"], ord=2)
+    bound = gamma * w_norm
+    prods = rnn_jacobian_products(cell, params, xs, carry0)
+    from jgrad.analyze._products import log_singular_values
+
+    log_norms = log_singular_values(prods)[:, 0]
+    T = log_norms.shape[0]
+    dist = (T - jnp.arange(T)).astype(log_norms.dtype)  # T - t for t = 0..T-1
+    ok = jnp.isfinite(log_norms)
+    xm = jnp.sum(jnp.where(ok, dist, 0)) / jnp.sum(ok)
+    ym = jnp.sum(jnp.where(ok, log_norms, 0)) / jnp.sum(ok)
+    slope = jnp.sum(jnp.where(ok, (dist - xm) * (log_norms - ym), 0)) / jnp.sum(
+        jnp.where(ok, (dist - xm) ** 2, 0)
+    )
+    return PascanuBound(
+        gamma=gamma,
+        w_hh_norm=w_norm,
+        bound=bound,
+        vanishing_guaranteed=bound < 1,
+        exploding_possible=w_norm > 1 / gamma,
+        measured_rate=jnp.exp(slope),
+        log_norms=log_norms,
+    )
