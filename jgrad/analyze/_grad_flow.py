@@ -36,6 +36,10 @@ class GradFlow(NamedTuple):
             zero although the stable norm is finite: it underflowed.
         forward_finite: (K+1,) bool, every entry of h_k is finite.
         loss: the scalar loss.
+        param_log10_norm: a tuple with one entry per layer, shaped like that layer's params,
+            holding log10 ||dL/dtheta|| for every parameter leaf (computed in the same
+            backward pass with the same rescaling, so an underflowing gradient is still
+            reported).
     """
 
     log10_norm: jax.Array
@@ -43,6 +47,7 @@ class GradFlow(NamedTuple):
     underflow: jax.Array
     forward_finite: jax.Array
     loss: jax.Array
+    param_log10_norm: tuple = ()
 
 
 def net_layers(net: Layer | tuple | list) -> tuple[Layer, ...]:
@@ -113,10 +118,9 @@ def layer_grad_norms(
     vjps = []
     for layer, p, k in zip(layers, params, keys, strict=True):
         h, f = jax.vjp(
-            lambda h_in, p=p, k=k, layer=layer: layer.apply(
-                p, h_in, train=train, key=k
-            ),
+            lambda h_in, p, k=k, layer=layer: layer.apply(p, h_in, train=train, key=k),
             hs[-1],
+            p,
         )
         hs.append(h)
         vjps.append(f)
@@ -133,9 +137,12 @@ def layer_grad_norms(
     log_scale = jnp.log10(n)
     g = jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), g)
     logs, raws, zeros = [log_scale], [n], [jnp.all(raw == 0)]
+    param_logs = []
     for f in reversed(vjps):
-        (raw,) = f(raw)
-        (g,) = f(g)
+        raw, _ = f(raw)
+        g, gp = f(g)
+        # dL/dtheta = ||dL/dh_out|| * vjp_theta(unit cotangent): log10 adds.
+        param_logs.append(jax.tree.map(lambda v, s=log_scale: s + jnp.log10(norm(v)), gp))
         n = norm(g)
         log_scale = log_scale + jnp.log10(n)
         g = jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), g)
@@ -150,4 +157,5 @@ def layer_grad_norms(
         underflow=jnp.stack(zeros[::-1]) & jnp.isfinite(log10_norm),
         forward_finite=jnp.stack([jnp.all(jnp.isfinite(h)) for h in hs]),
         loss=loss,
+        param_log10_norm=tuple(param_logs[::-1]),
     )
