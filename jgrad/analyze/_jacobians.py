@@ -326,7 +326,7 @@ def layer_jacobians(
         )
     if chunk_size is not None:
         _checks.positive_int("chunk_size", chunk_size)
-    if train and not batch_jacobian and any(_couples_examples(l) for l in layers):
+    if train and not batch_jacobian and any(_couples_examples(lay) for lay in layers):
         raise ValueError(
             "`batch_jacobian` must be True for a network with batch norm in train mode "
             "(train=True), got False: batch norm couples the examples, so there is no "

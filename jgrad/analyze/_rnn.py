@@ -255,7 +255,9 @@ def rnn_grad_norms(
         m = jnp.maximum(total_log, _safe_log(nd))
         m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
         w = u * jnp.exp(jnp.where(jnp.isfinite(total_log), total_log - m_safe, -jnp.inf))
-        w = w + d_t * jnp.exp(-m_safe)
+        # d_t / m would overflow when m < log(tiny); scale the unit vector instead.
+        d_unit = d_t / jnp.where(nd > 0, nd, 1.0)
+        w = w + d_unit * jnp.exp(jnp.where(nd > 0, _safe_log(nd) - m_safe, -jnp.inf))
         nw = _norm(w)
         u_t = jnp.where(nw > 0, w / jnp.where(nw > 0, nw, 1.0), w)
         log_t = jnp.where(jnp.isfinite(m), m_safe + _safe_log(nw), -jnp.inf)
@@ -333,7 +335,7 @@ def lyapunov_spectrum(
         raise ValueError(
             f"`k` must be at most the state size n = {n}, got {k}. Use k=None for all."
         )
-    if not isinstance(warmup, int) or not 0 <= warmup < T:
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < T:
         raise ValueError(
             f"`warmup` must be an int in [0, T) = [0, {T}), got {warmup!r}. Leave at least "
             "one step to average over."
@@ -417,10 +419,11 @@ def pascanu_bound(
     T = log_norms.shape[0]
     dist = (T - jnp.arange(T)).astype(log_norms.dtype)  # T - t for t = 0..T-1
     ok = jnp.isfinite(log_norms)
-    xm = jnp.sum(jnp.where(ok, dist, 0)) / jnp.sum(ok)
-    ym = jnp.sum(jnp.where(ok, log_norms, 0)) / jnp.sum(ok)
-    slope = jnp.sum(jnp.where(ok, (dist - xm) * (log_norms - ym), 0)) / jnp.sum(
-        jnp.where(ok, (dist - xm) ** 2, 0)
+    count = jnp.sum(ok).astype(log_norms.dtype)
+    xm = jnp.sum(jnp.where(ok, dist, 0.0)) / count
+    ym = jnp.sum(jnp.where(ok, log_norms, 0.0)) / count
+    slope = jnp.sum(jnp.where(ok, (dist - xm) * (log_norms - ym), 0.0)) / jnp.sum(
+        jnp.where(ok, (dist - xm) ** 2, 0.0)
     )
     return PascanuBound(
         gamma=gamma,

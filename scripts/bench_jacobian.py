@@ -1,0 +1,258 @@
+"""Benchmark: exact Jacobian spectra of tanh MLPs, jgrad against the code users write today.
+
+For each (L, N, B) (depth, width, examples), in one run:
+
+(a) input-output spectrum, the singular values of d y / d x for B examples:
+    naive JAX ``jit(vmap(jacrev(f)))`` + ``jnp.linalg.svd`` (as users write it, and with
+    ``compute_uv=False``), ``torch.func.vmap(torch.func.jacrev(f))`` +
+    ``torch.linalg.svdvals`` when torch is installed, and ``jgrad.analyze.input_output_spectrum``
+    vmapped. Floor: the product's matmul flops (L x 2 N^3 B) at the matmul rate measured in
+    this run, plus the measured batched SVD (values only) of the B Jacobians.
+(b) all L layer-to-output spectra (d y / d h_l for every l): naive = one jacrev per layer
+    (of the sub-network from h_l) + SVD, in one jit; jgrad ``output_spectra``. Floor: one sweep
+    of products (L matmuls) + the measured SVD of L B matrices.
+(c) cheap summaries of every d y / d h_l: ``output_norm_estimates`` (Lanczos spectral norm +
+    Hutchinson mean squared singular value), its time over the naive all-layers time, and its
+    accuracy against the exact values from (b).
+
+Times are medians of ``--repeats`` runs after a warm-up (compile time reported separately).
+
+    python scripts/bench_jacobian.py                  # the grid, writes runs/bench_jacobian.json
+    python scripts/bench_jacobian.py --quick          # one small shape (a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jgrad
+from jgrad import analyze
+from jgrad.experiments import provenance, save_json
+
+GRID = [(32, 256, 16), (128, 128, 16)]
+QUICK = [(4, 16, 2)]
+WEIGHT_VAR, BIAS_VAR = 1.5, 0.05
+
+
+def _median(fn, repeats):
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    med = statistics.median(ts)
+    q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
+    return med, (q[2] - q[0]) / med
+
+
+def matmul_gflops(repeats):
+    n = 2048
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(jnp.dot)
+    t, _ = _median(lambda: f(a, a).block_until_ready(), repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def time_jit(fn, args, repeats):
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    comp = time.perf_counter() - t0
+    t, iqr = _median(lambda: jax.block_until_ready(compiled(*args)), repeats)
+    return {"seconds": t, "iqr": iqr, "compile_seconds": comp}, compiled(*args)
+
+
+def torch_case(params, xs, repeats, threads):
+    try:
+        import torch
+        from torch.func import jacrev, vmap
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    ws = [torch.tensor(np.asarray(p["w"])) for p in params[::2]]
+    bs = [torch.tensor(np.asarray(p["b"])) for p in params[::2]]
+    x = torch.tensor(np.asarray(xs))
+
+    def f(v):
+        for w, b in zip(ws, bs, strict=True):
+            v = torch.tanh(v @ w + b)
+        return v
+
+    def run():
+        with torch.no_grad():
+            return torch.linalg.svdvals(vmap(jacrev(f))(x))
+
+    t, iqr = _median(run, repeats)
+    return {"seconds": t, "iqr": iqr, "compile_seconds": None}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one small shape")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=6, help="Lanczos steps for (c)")
+    ap.add_argument("--probes", type=int, default=32, help="Hutchinson probes for (c)")
+    ap.add_argument("--out", default="runs/bench_jacobian.json")
+    ap.add_argument(
+        "--shapes", default=None, help="comma-separated L:N:B shapes (default the grid)"
+    )
+    args = ap.parse_args(argv)
+    grid = QUICK if args.quick else GRID
+    if args.shapes:
+        grid = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+    threads = os.cpu_count() or 1
+    peak = matmul_gflops(args.repeats)
+    print(f"float32 matmul peak (XLA, 2048^3): {peak:.1f} GFLOP/s; torch threads {threads}")
+    rows = []
+    for L, N, B in grid:
+        net = jgrad.nn.mlp(
+            L, N, activation="tanh", init="gaussian", weight_var=WEIGHT_VAR,
+            bias_var=BIAS_VAR,
+        )
+        _, params = net.init(jax.random.key(0), (N,))
+        xs = jax.random.normal(jax.random.key(1), (B, N))
+        layers = net.layers
+
+        def f(x, lo=0):
+            for layer, p in zip(layers[lo:], params[lo:], strict=True):
+                x = layer.apply(p, x)
+            return x
+
+        res = {}
+        # (a) input-output spectrum
+        res["a: naive JAX jacrev+svd"], _ = time_jit(
+            lambda xs: jnp.linalg.svd(jax.vmap(jax.jacrev(f))(xs)), (xs,), args.repeats
+        )
+        res["a: naive JAX jacrev+svdvals"], _ = time_jit(
+            lambda xs: jnp.linalg.svd(jax.vmap(jax.jacrev(f))(xs), compute_uv=False),
+            (xs,),
+            args.repeats,
+        )
+        tc = torch_case(params, xs, args.repeats, threads)
+        if tc is not None:
+            res["a: torch.func jacrev+svdvals"] = tc
+        res["a: jgrad input_output_spectrum"], io = time_jit(
+            jax.vmap(lambda x: analyze.input_output_spectrum(net, params, x)),
+            (xs,),
+            args.repeats,
+        )
+        mats = jax.random.normal(jax.random.key(2), (B, N, N))
+        svd_b, _ = time_jit(lambda m: jnp.linalg.svd(m, compute_uv=False), (mats,), args.repeats)
+        floor_a = L * 2 * N**3 * B / peak / 1e9 + svd_b["seconds"]
+
+        # (b) all layer-to-output spectra
+        def naive_all(xs):
+            _, hs = jax.vmap(lambda x: net.apply(params, x, return_intermediates=True))(xs)
+            hs = (xs,) + tuple(hs)
+            out = []
+            for b in range(L):  # block b starts at layer 2b (dense, tanh)
+                h = hs[2 * b]
+                jac = jax.vmap(jax.jacrev(lambda v, lo=2 * b: f(v, lo)))(h)
+                out.append(jnp.linalg.svd(jac, compute_uv=False))
+            return out
+
+        res["b: naive JAX L x (jacrev+svdvals)"], _ = time_jit(naive_all, (xs,), args.repeats)
+        res["b: jgrad output_spectra"], spectra = time_jit(
+            jax.vmap(lambda x: analyze.output_spectra(net, params, x)), (xs,), args.repeats
+        )
+        mats_l = jax.random.normal(jax.random.key(3), (L * B, N, N))
+        svd_l, _ = time_jit(lambda m: jnp.linalg.svd(m, compute_uv=False), (mats_l,), args.repeats)
+        floor_b = L * 2 * N**3 * B / peak / 1e9 + svd_l["seconds"]
+
+        # (c) cheap summaries
+        keys = jax.random.split(jax.random.key(4), B)
+        res["c: jgrad output_norm_estimates"], est = time_jit(
+            jax.vmap(
+                lambda x, k: analyze.output_norm_estimates(
+                    net, params, x, k, iters=args.iters, probes=args.probes
+                )
+            ),
+            (xs, keys),
+            args.repeats,
+        )
+        exact = jnp.stack(spectra, axis=1)  # (B, L, N)
+        ex_sn = exact[..., 0]
+        ex_ms = analyze.spectrum_stats(exact).log_mean_sq
+        sn_err = np.abs(np.expm1(np.asarray(est.log_spectral_norm - ex_sn)))
+        ms_err = np.abs(np.expm1(np.asarray(est.log_mean_sq - ex_ms)))
+        # consistency of (a) with the naive spectrum (top 10 log singular values)
+        naive_sv = jnp.log(jax.jit(lambda xs: jnp.linalg.svd(
+            jax.vmap(jax.jacrev(f))(xs), compute_uv=False))(xs))
+        fin = np.isfinite(np.asarray(naive_sv[:, :10]))
+        a_err = float(np.max(np.abs(np.asarray(io[:, :10] - naive_sv[:, :10])[fin]), initial=0))
+
+        naive_a = res["a: naive JAX jacrev+svd"]["seconds"]
+        naive_b = res["b: naive JAX L x (jacrev+svdvals)"]["seconds"]
+        torch_a = tc["seconds"] if tc else None
+        print(
+            f"\ntanh MLP L={L} N={N} B={B} (weight_var {WEIGHT_VAR}, bias_var {BIAS_VAR}); "
+            f"floor (a) {floor_a * 1e3:.1f} ms (SVD {svd_b['seconds'] * 1e3:.1f}), "
+            f"floor (b) {floor_b * 1e3:.1f} ms (SVDs {svd_l['seconds'] * 1e3:.1f})"
+        )
+        print(
+            f"{'implementation':<38}{'median ms':>10}{'IQR %':>7}{'compile s':>10}"
+            f"{'/naive':>8}{'/torch':>8}{'/floor':>8}"
+        )
+        for name, v in res.items():
+            t = v["seconds"]
+            part = name[0]
+            naive = naive_a if part == "a" else naive_b
+            floor = {"a": floor_a, "b": floor_b}.get(part)
+            comp = "" if v["compile_seconds"] is None else f"{v['compile_seconds']:.2f}"
+            tr = f"{t / torch_a:.2f}" if (torch_a and part == "a") else ""
+            fl = f"{t / floor:.2f}" if floor else ""
+            print(
+                f"{name:<38}{t * 1e3:>10.1f}{100 * v['iqr']:>7.0f}{comp:>10}"
+                f"{t / naive:>8.3f}{tr:>8}{fl:>8}"
+            )
+            rows.append(
+                {
+                    "L": L, "N": N, "B": B, "impl": name, **v,
+                    "ratio_naive": t / naive,
+                    "ratio_torch": (t / torch_a) if (torch_a and part == "a") else None,
+                    "ratio_floor": (t / floor) if floor else None,
+                }
+            )
+        print(
+            f"(c) accuracy over {B}x{L} products: spectral norm rel. err median "
+            f"{np.median(sn_err):.2e} max {np.max(sn_err):.2e}; mean sq. sv rel. err "
+            f"median {np.median(ms_err):.2e} max {np.max(ms_err):.2e} "
+            f"(iters {args.iters}, probes {args.probes}); (a) vs naive top-10 log sv max "
+            f"abs diff {a_err:.1e}"
+        )
+        rows.append(
+            {
+                "L": L, "N": N, "B": B, "impl": "accuracy",
+                "floor_a_seconds": floor_a, "floor_b_seconds": floor_b,
+                "svd_a_seconds": svd_b["seconds"], "svd_b_seconds": svd_l["seconds"],
+                "sn_rel_err_median": float(np.median(sn_err)),
+                "sn_rel_err_max": float(np.max(sn_err)),
+                "ms_rel_err_median": float(np.median(ms_err)),
+                "ms_rel_err_max": float(np.max(ms_err)),
+                "a_top10_max_abs_diff": a_err,
+            }
+        )
+    save_json(
+        {
+            "command": "python scripts/bench_jacobian.py " + " ".join(argv or sys.argv[1:]),
+            "matmul_peak_gflops": peak,
+            "torch_threads": threads,
+            "provenance": provenance(),
+            "jgrad": jgrad.__version__,
+            "rows": rows,
+        },
+        args.out,
+    )
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The JVP/VJP sweeps (output_sweep, output_spectra, input_output_spectrum,
+output_norm_estimates) against jax.jacrev, numpy SVD and the per-layer-Jacobian path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jgrad
+from jgrad import analyze, nn
+
+
+def _f64(tree):
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+def _sub(net, params, lo_layer):
+    def f(v):
+        for layer, p in zip(net.layers[lo_layer:], params[lo_layer:], strict=True):
+            v = layer.apply(p, v)
+        return v
+
+    return f
+
+
+NETS = [
+    dict(depth=5, width=7, activation="tanh", weight_var=1.7, bias_var=0.1),
+    dict(depth=4, width=6, activation="relu", init="he_normal", norm="layer"),
+    dict(depth=3, width=5, activation="gelu", residual=True, out_dim=3),
+]
+
+
+@pytest.mark.parametrize("kw", NETS)
+@pytest.mark.parametrize("blocks", [True, False])
+def test_output_sweep_equals_per_layer_products_and_jacrev(kw, blocks, getkey):
+    with jax.enable_x64(True):
+        net = nn.mlp(**kw)
+        _, params = net.init(getkey(), (4,))
+        params = _f64(params)
+        x = jax.random.normal(getkey(), (4,), jnp.float64)
+        sweep = jax.jit(lambda x: analyze.output_sweep(net, params, x, blocks=blocks))(x)
+        ref = jax.jit(
+            lambda x: analyze.output_products(
+                analyze.layer_jacobians(net, params, x, blocks=blocks)
+            )
+        )(x)
+        assert len(sweep) == len(ref)
+        for a, b in zip(sweep, ref, strict=True):
+            np.testing.assert_allclose(a.value(), b.value(), rtol=1e-10, atol=1e-13)
+        full = jax.jacrev(lambda v: net.apply(params, v))(x)
+        np.testing.assert_allclose(sweep[0].value(), full, rtol=1e-10, atol=1e-13)
+
+
+def test_output_spectra_equal_numpy_svd_of_jacrev(getkey):
+    with jax.enable_x64(True):
+        net = nn.mlp(6, 8, activation="tanh", weight_var=1.5, bias_var=0.05)
+        _, params = net.init(getkey(), (8,))
+        params = _f64(params)
+        x = jax.random.normal(getkey(), (8,), jnp.float64)
+        spectra = analyze.output_spectra(net, params, x)
+        _, hs = net.apply(params, x, return_intermediates=True)
+        hs = (x,) + hs
+        for i, spec in enumerate(spectra):
+            lo = 2 * i  # block i starts at layer 2l (dense, tanh)
+            jac = np.asarray(jax.jacrev(_sub(net, params, lo))(hs[lo]))
+            ref = np.log(np.linalg.svd(jac, compute_uv=False))
+            np.testing.assert_allclose(spec, ref, rtol=1e-9, atol=1e-9)
+        io = analyze.input_output_spectrum(net, params, x)
+        np.testing.assert_allclose(io, spectra[0], rtol=1e-12, atol=1e-12)
+
+
+def test_conv_net_uses_generic_linearization(getkey):
+    with jax.enable_x64(True):
+        net = nn.serial(
+            nn.conv2d(3, (3, 3)), nn.elementwise("tanh"), nn.avg_pool((2, 2)),
+            nn.flatten(), nn.dense(5),
+        )
+        _, params = net.init(getkey(), (6, 6, 2))
+        params = _f64(params)
+        x = jax.random.normal(getkey(), (6, 6, 2), jnp.float64)
+        sweep = analyze.output_sweep(net, params, x)
+        full = jax.jacrev(lambda v: net.apply(params, v))(x).reshape(5, -1)
+        np.testing.assert_allclose(sweep[0].value(), full, rtol=1e-10, atol=1e-13)
+
+
+def test_deep_float32_sweep_neither_underflows_nor_loses_the_top_spectrum(getkey):
+    # Depth 150 sigmoid: ||dy/dx|| ~ 1e-100, far below float32's 1e-45.
+    net = nn.mlp(150, 16, activation="sigmoid", init="standard_uniform")
+    _, params = net.init(getkey(), (16,))
+    x = jax.random.normal(getkey(), (16,))
+    plain = jax.jacrev(lambda v: net.apply(params, v))(x)
+    assert float(jnp.max(jnp.abs(plain))) == 0.0  # what jax.jacrev gives
+    spectrum = jax.jit(lambda p, x: analyze.input_output_spectrum(net, p, x))
+    spec32 = spectrum(params, x)
+    with jax.enable_x64(True):
+        spec64 = spectrum(_f64(params), jnp.asarray(x, jnp.float64))
+    assert bool(jnp.all(jnp.isfinite(spec32[:3])))
+    assert float(spec64[0]) < np.log(1e-45)
+    np.testing.assert_allclose(spec32[:3], spec64[:3], rtol=1e-4)
+
+
+def test_lanczos_is_exact_with_a_full_krylov_space(getkey):
+    # iters = size of the space: the Ritz value is the top eigenvalue of P^T P exactly.
+    with jax.enable_x64(True):
+        net = nn.mlp(4, 5, activation="tanh", weight_var=2.0, bias_var=0.1)
+        _, params = net.init(getkey(), (5,))
+        params = _f64(params)
+        x = jax.random.normal(getkey(), (5,), jnp.float64)
+        est = analyze.output_norm_estimates(net, params, x, getkey(), iters=5, probes=4)
+        exact = jnp.stack([s[0] for s in analyze.output_spectra(net, params, x)])
+        np.testing.assert_allclose(est.log_spectral_norm, exact, rtol=1e-8, atol=1e-8)
+
+
+def test_norm_estimates_accuracy_on_a_deep_tanh_net(getkey):
+    net = nn.mlp(16, 64, activation="tanh", weight_var=1.5, bias_var=0.05)
+    _, params = net.init(getkey(), (64,))
+    x = jax.random.normal(getkey(), (64,))
+    spectra = jax.jit(lambda x: analyze.output_spectra(net, params, x))(x)
+    exact_sn = jnp.stack([s[0] for s in spectra])
+    exact_ms = jnp.stack([analyze.spectrum_stats(s).log_mean_sq for s in spectra])
+    est = jax.jit(
+        lambda k: analyze.output_norm_estimates(net, params, x, k, iters=8, probes=32)
+    )(getkey())
+    # Lanczos is a lower bound, converging from below; 8 steps: within 1%.
+    assert bool(jnp.all(est.log_spectral_norm <= exact_sn + 1e-4))
+    assert float(jnp.max(jnp.abs(jnp.expm1(est.log_spectral_norm - exact_sn)))) < 0.01
+    # Hutchinson: unbiased; averaged over 200 probe sets its mean is within 4 standard
+    # errors (its own reported standard error / sqrt(200), about 1% here).
+    f = jax.jit(
+        lambda k: analyze.output_norm_estimates(net, params, x, k, iters=1, probes=32)
+    )
+    runs = jax.lax.map(f, jax.random.split(getkey(), 200))
+    single = jnp.exp(runs.log_mean_sq - exact_ms[None])  # (200, L)
+    reported = jnp.mean(runs.mean_sq_rel_err, axis=0)
+    ratio = jnp.mean(single, axis=0)
+    assert bool(jnp.all(jnp.abs(ratio - 1) < 4 * reported / np.sqrt(200)))
+    # ... and its reported standard error matches the spread of the single estimates.
+    np.testing.assert_allclose(reported, jnp.std(single, axis=0), rtol=0.3)
+
+
+def test_vmap_over_examples_equals_a_loop(getkey):
+    net = nn.mlp(3, 6, activation="tanh")
+    _, params = net.init(getkey(), (6,))
+    xs = jax.random.normal(getkey(), (4, 6))
+    batched = jax.jit(jax.vmap(lambda x: analyze.output_spectra(net, params, x)))(xs)
+    for i in range(4):
+        one = analyze.output_spectra(net, params, xs[i])
+        for a, b in zip(batched, one, strict=True):
+            np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-3)
+
+
+def test_bad_input(getkey):
+    net = nn.mlp(2, 4, norm="batch")
+    _, params = net.init(getkey(), (4,))
+    x = jax.random.normal(getkey(), (4,))
+    with pytest.raises(ValueError, match="`train`"):
+        analyze.output_sweep(net, params, x, train=True)
+    with pytest.raises(ValueError, match="`params`"):
+        analyze.output_sweep(net, params[:-1], x)
+    with pytest.raises(ValueError, match="`net`"):
+        analyze.output_spectra("mlp", params, x)
+    with pytest.raises(ValueError, match="`iters`"):
+        analyze.output_norm_estimates(net, params, x, getkey(), iters=0)
+    with pytest.raises(ValueError, match="`probes`"):
+        analyze.output_norm_estimates(net, params, x, getkey(), probes=-1)
+    assert jgrad.analyze.output_sweep(net, params, x)[0].matrix.shape == (4, 4)
