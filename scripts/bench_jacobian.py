@@ -98,7 +98,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one small shape")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--iters", type=int, default=6, help="Lanczos steps for (c)")
+    ap.add_argument("--iters", type=int, default=8, help="Lanczos steps for (c)")
     ap.add_argument("--probes", type=int, default=32, help="Hutchinson probes for (c)")
     ap.add_argument("--out", default="runs/bench_jacobian.json")
     ap.add_argument(
@@ -110,11 +110,17 @@ def main(argv=None):
         grid = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
     threads = os.cpu_count() or 1
     peak = matmul_gflops(args.repeats)
-    print(f"float32 matmul peak (XLA, 2048^3): {peak:.1f} GFLOP/s; torch threads {threads}")
+    print(
+        f"float32 matmul peak (XLA, 2048^3): {peak:.1f} GFLOP/s; torch threads {threads}"
+    )
     rows = []
     for L, N, B in grid:
         net = jgrad.nn.mlp(
-            L, N, activation="tanh", init="gaussian", weight_var=WEIGHT_VAR,
+            L,
+            N,
+            activation="tanh",
+            init="gaussian",
+            weight_var=WEIGHT_VAR,
             bias_var=BIAS_VAR,
         )
         _, params = net.init(jax.random.key(0), (N,))
@@ -145,12 +151,16 @@ def main(argv=None):
             args.repeats,
         )
         mats = jax.random.normal(jax.random.key(2), (B, N, N))
-        svd_b, _ = time_jit(lambda m: jnp.linalg.svd(m, compute_uv=False), (mats,), args.repeats)
+        svd_b, _ = time_jit(
+            lambda m: jnp.linalg.svd(m, compute_uv=False), (mats,), args.repeats
+        )
         floor_a = L * 2 * N**3 * B / peak / 1e9 + svd_b["seconds"]
 
         # (b) all layer-to-output spectra
         def naive_all(xs):
-            _, hs = jax.vmap(lambda x: net.apply(params, x, return_intermediates=True))(xs)
+            _, hs = jax.vmap(lambda x: net.apply(params, x, return_intermediates=True))(
+                xs
+            )
             hs = (xs,) + tuple(hs)
             out = []
             for b in range(L):  # block b starts at layer 2b (dense, tanh)
@@ -159,12 +169,18 @@ def main(argv=None):
                 out.append(jnp.linalg.svd(jac, compute_uv=False))
             return out
 
-        res["b: naive JAX L x (jacrev+svdvals)"], _ = time_jit(naive_all, (xs,), args.repeats)
+        res["b: naive JAX L x (jacrev+svdvals)"], _ = time_jit(
+            naive_all, (xs,), args.repeats
+        )
         res["b: jgrad output_spectra"], spectra = time_jit(
-            jax.vmap(lambda x: analyze.output_spectra(net, params, x)), (xs,), args.repeats
+            jax.vmap(lambda x: analyze.output_spectra(net, params, x)),
+            (xs,),
+            args.repeats,
         )
         mats_l = jax.random.normal(jax.random.key(3), (L * B, N, N))
-        svd_l, _ = time_jit(lambda m: jnp.linalg.svd(m, compute_uv=False), (mats_l,), args.repeats)
+        svd_l, _ = time_jit(
+            lambda m: jnp.linalg.svd(m, compute_uv=False), (mats_l,), args.repeats
+        )
         floor_b = L * 2 * N**3 * B / peak / 1e9 + svd_l["seconds"]
 
         # (c) cheap summaries
@@ -184,10 +200,15 @@ def main(argv=None):
         sn_err = np.abs(np.expm1(np.asarray(est.log_spectral_norm - ex_sn)))
         ms_err = np.abs(np.expm1(np.asarray(est.log_mean_sq - ex_ms)))
         # consistency of (a) with the naive spectrum (top 10 log singular values)
-        naive_sv = jnp.log(jax.jit(lambda xs: jnp.linalg.svd(
-            jax.vmap(jax.jacrev(f))(xs), compute_uv=False))(xs))
+        naive_sv = jnp.log(
+            jax.jit(
+                lambda xs: jnp.linalg.svd(jax.vmap(jax.jacrev(f))(xs), compute_uv=False)
+            )(xs)
+        )
         fin = np.isfinite(np.asarray(naive_sv[:, :10]))
-        a_err = float(np.max(np.abs(np.asarray(io[:, :10] - naive_sv[:, :10])[fin]), initial=0))
+        a_err = float(
+            np.max(np.abs(np.asarray(io[:, :10] - naive_sv[:, :10])[fin]), initial=0)
+        )
 
         naive_a = res["a: naive JAX jacrev+svd"]["seconds"]
         naive_b = res["b: naive JAX L x (jacrev+svdvals)"]["seconds"]
@@ -215,7 +236,11 @@ def main(argv=None):
             )
             rows.append(
                 {
-                    "L": L, "N": N, "B": B, "impl": name, **v,
+                    "L": L,
+                    "N": N,
+                    "B": B,
+                    "impl": name,
+                    **v,
                     "ratio_naive": t / naive,
                     "ratio_torch": (t / torch_a) if (torch_a and part == "a") else None,
                     "ratio_floor": (t / floor) if floor else None,
@@ -230,9 +255,14 @@ def main(argv=None):
         )
         rows.append(
             {
-                "L": L, "N": N, "B": B, "impl": "accuracy",
-                "floor_a_seconds": floor_a, "floor_b_seconds": floor_b,
-                "svd_a_seconds": svd_b["seconds"], "svd_b_seconds": svd_l["seconds"],
+                "L": L,
+                "N": N,
+                "B": B,
+                "impl": "accuracy",
+                "floor_a_seconds": floor_a,
+                "floor_b_seconds": floor_b,
+                "svd_a_seconds": svd_b["seconds"],
+                "svd_b_seconds": svd_l["seconds"],
                 "sn_rel_err_median": float(np.median(sn_err)),
                 "sn_rel_err_max": float(np.max(sn_err)),
                 "ms_rel_err_median": float(np.median(ms_err)),
@@ -242,7 +272,8 @@ def main(argv=None):
         )
     save_json(
         {
-            "command": "python scripts/bench_jacobian.py " + " ".join(argv or sys.argv[1:]),
+            "command": "python scripts/bench_jacobian.py "
+            + " ".join(argv or sys.argv[1:]),
             "matmul_peak_gflops": peak,
             "torch_threads": threads,
             "provenance": provenance(),

@@ -142,7 +142,9 @@ def layer_grad_norms(
         raw, _ = f(raw)
         g, gp = f(g)
         # dL/dtheta = ||dL/dh_out|| * vjp_theta(unit cotangent): log10 adds.
-        param_logs.append(jax.tree.map(lambda v, s=log_scale: s + jnp.log10(norm(v)), gp))
+        param_logs.append(
+            jax.tree.map(lambda v, s=log_scale: s + jnp.log10(norm(v)), gp)
+        )
         n = norm(g)
         log_scale = log_scale + jnp.log10(n)
         g = jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), g)

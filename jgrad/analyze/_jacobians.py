@@ -11,6 +11,7 @@ autodiff Jacobian, forward or reverse mode by shape, computed in chunks of basis
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -229,7 +230,12 @@ def _layer_jacobian(layer, p, h, *, train, key, chunk_size):
         return ("diag", jnp.ravel(act.deriv(h))), act.fn(h)
     if kind == "residual" and h.ndim == 1:
         jb, yb = _layer_jacobian(
-            layer.apply.block, p["block"], h, train=train, key=key, chunk_size=chunk_size
+            layer.apply.block,
+            p["block"],
+            h,
+            train=train,
+            key=key,
+            chunk_size=chunk_size,
         )
         scale = layer.apply.scale
         jb = (jb[0], scale * jb[1])
@@ -251,7 +257,9 @@ def _layer_jacobian(layer, p, h, *, train, key, chunk_size):
 
 def _serial_jacobian(layers, params, h, *, train, key, chunk_size):
     keys = (
-        [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+        [None] * len(layers)
+        if key is None
+        else list(jax.random.split(key, len(layers)))
     )
     j = None
     for layer, p, k in zip(layers, params, keys, strict=True):
@@ -319,7 +327,9 @@ def layer_jacobians(
     """
     layers, ends = as_layers(net)
     if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-        got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+        got = (
+            len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+        )
         raise ValueError(
             f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
             "params returned by net.init."
@@ -344,7 +354,9 @@ def layer_jacobians(
     if not ends or ends[-1] != len(layers) - 1:
         ends = ends + (len(layers) - 1,)
     keys = (
-        [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+        [None] * len(layers)
+        if key is None
+        else list(jax.random.split(key, len(layers)))
     )
     mats, hs = [], [x]
     start = 0
@@ -366,5 +378,22 @@ def layer_jacobians(
     ]
     bad = ~jnp.stack(finite)
     first = jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32)
+    warn_first_nonfinite(first, "layer_jacobians", "h_{k} or J_{k}")
     return Jacobians(tuple(mats), tuple(hs), first)
 
+
+def warn_first_nonfinite(first: jax.Array, what: str, where: str) -> None:
+    """Warns (outside jit, where the value is concrete) naming the first non-finite index;
+    under jit the index is returned as data and nothing is raised."""
+    try:
+        k = int(first)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return
+    if k >= 0:
+        warnings.warn(
+            f"{what}: the forward trajectory is non-finite first at "
+            f"{where.format(k=k)} (k = {k}); values from there on are NaN/inf. Lower the "
+            "weight scale or check the input.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -121,7 +121,11 @@ def _as_mats(jacobians: Any, name: str = "jacobians"):
 
 def _check_range(start, stop, length):
     stop = length if stop is None else stop
-    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= length):
+    if not (
+        isinstance(start, int)
+        and isinstance(stop, int)
+        and 0 <= start <= stop <= length
+    ):
         raise ValueError(
             f"`start`, `stop` must be ints with 0 <= start <= stop <= L = {length}, got "
             f"start={start!r}, stop={stop!r}. The product J_stop ... J_(start+1) is "
@@ -130,7 +134,9 @@ def _check_range(start, stop, length):
     return start, stop
 
 
-def jacobian_product(jacobians: Any, start: int = 0, stop: int | None = None) -> LogMatrix:
+def jacobian_product(
+    jacobians: Any, start: int = 0, stop: int | None = None
+) -> LogMatrix:
     """``d h_stop / d h_start = J_stop ... J_(start+1)`` in log space (rescaled).
 
     Args:
@@ -303,7 +309,9 @@ def log_singular_values(
     return jnp.sort(_qr_logs(mats[start:stop]))[::-1]
 
 
-def log_abs_det(jacobians: Any, *, start: int = 0, stop: int | None = None) -> jax.Array:
+def log_abs_det(
+    jacobians: Any, *, start: int = 0, stop: int | None = None
+) -> jax.Array:
     """``log |det(J_stop ... J_(start+1))|`` by QR accumulation: exact at any depth and
     conditioning (a sum of per-layer terms). Square products only."""
     mats = _as_mats(jacobians)
@@ -357,7 +365,9 @@ def spectrum_stats(log_sv: jax.Array) -> SpectrumStats:
     mx = jnp.max(log_sv, axis=-1)
     mn = jnp.min(log_sv, axis=-1)
     r = log_sv.shape[-1]
-    mean_sq = jax.nn.logsumexp(2 * log_sv, axis=-1) - jnp.log(jnp.asarray(r, log_sv.dtype))
+    mean_sq = jax.nn.logsumexp(2 * log_sv, axis=-1) - jnp.log(
+        jnp.asarray(r, log_sv.dtype)
+    )
     return SpectrumStats(
         log_max=mx,
         log_min=mn,

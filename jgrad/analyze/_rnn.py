@@ -254,7 +254,9 @@ def rnn_grad_norms(
         nd = _norm(d_t)
         m = jnp.maximum(total_log, _safe_log(nd))
         m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
-        w = u * jnp.exp(jnp.where(jnp.isfinite(total_log), total_log - m_safe, -jnp.inf))
+        w = u * jnp.exp(
+            jnp.where(jnp.isfinite(total_log), total_log - m_safe, -jnp.inf)
+        )
         # d_t / m would overflow when m < log(tiny); scale the unit vector instead.
         d_unit = d_t / jnp.where(nd > 0, nd, 1.0)
         w = w + d_unit * jnp.exp(jnp.where(nd > 0, _safe_log(nd) - m_safe, -jnp.inf))
@@ -349,7 +351,9 @@ def lyapunov_spectrum(
         s, q, acc = carry
         xp_t, t = inp
         s_new, jq = jax.vmap(
-            lambda v: jax.jvp(lambda z: f(z, xp_t), (s,), (v,)), in_axes=1, out_axes=(None, 1)
+            lambda v: jax.jvp(lambda z: f(z, xp_t), (s,), (v,)),
+            in_axes=1,
+            out_axes=(None, 1),
         )(q)
         q_new, r = jnp.linalg.qr(jq)
         d = jnp.log(jnp.abs(jnp.diagonal(r)))
@@ -385,9 +389,7 @@ class PascanuBound(NamedTuple):
     log_norms: jax.Array
 
 
-def pascanu_bound(
-    cell: Cell, params: dict, xs: jax.Array, carry0: Any
-) -> PascanuBound:
+def pascanu_bound(cell: Cell, params: dict, xs: jax.Array, carry0: Any) -> PascanuBound:
     """Pascanu et al.'s sufficient condition for vanishing gradients, and the measurement.
 
     For ``h_t = phi(x_t W_ih + b + h_{t-1} W_hh)``, ``J_t = diag(phi'(a_t)) W_hh^T`` so

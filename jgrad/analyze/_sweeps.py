@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.analyze._jacobians import _couples_examples, as_layers
+from jgrad.analyze._jacobians import _couples_examples, as_layers, warn_first_nonfinite
 from jgrad.analyze._products import LogMatrix, _normalize
 
 __all__ = [
@@ -37,7 +37,9 @@ def _blocks(net, params, x, *, blocks, train, key):
     """Forward pass; returns the output and one (jvp, vjp) pair per block."""
     layers, ends = as_layers(net)
     if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-        got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+        got = (
+            len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+        )
         raise ValueError(
             f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
             "params returned by net.init."
@@ -54,7 +56,9 @@ def _blocks(net, params, x, *, blocks, train, key):
     if not ends or ends[-1] != len(layers) - 1:
         ends = ends + (len(layers) - 1,)
     keys = (
-        [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+        [None] * len(layers)
+        if key is None
+        else list(jax.random.split(key, len(layers)))
     )
     h = jnp.asarray(x)
     maps, hs = [], [h]
@@ -73,6 +77,9 @@ def _blocks(net, params, x, *, blocks, train, key):
         maps.append((jvp, lambda c, vjp=vjp: vjp(c)[0], h_in.shape, h.shape))
         hs.append(h)
         start = end + 1
+    bad = jnp.stack([~jnp.all(jnp.isfinite(v)) for v in hs])
+    first = jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
+    warn_first_nonfinite(first, "jgrad.analyze sweep", "h_{k}")
     return maps, hs
 
 
@@ -250,7 +257,7 @@ def output_norm_estimates(
     x: jax.Array,
     key: jax.Array,
     *,
-    iters: int = 6,
+    iters: int = 8,
     probes: int = 32,
     blocks: bool = True,
     train: bool = False,
@@ -291,6 +298,7 @@ def output_norm_estimates(
     cur = jax.random.normal(kp, (probes, y.size), dtype)
     cur_log = jnp.zeros((probes,), dtype)
     back_log = [None] * L
+    back_vec = [None] * L
     for m in range(L - 1, -1, -1):
         _, vjp, in_shape, out_shape = maps[m]
         out = jax.vmap(vjp)(cur.reshape((probes,) + out_shape)).reshape((probes, -1))
@@ -298,6 +306,7 @@ def output_norm_estimates(
         cur = out / jnp.where(n > 0, n, 1.0)[:, None]
         cur_log = cur_log + _safe_log(n)
         back_log[m] = cur_log
+        back_vec[m] = cur
     # ||P_l^T g_i||^2 = exp(2 log) (the swept vectors are unit-norm)
     sq = 2 * jnp.stack(back_log)
     r = jnp.asarray([min(y.size, int(jnp.size(h))) for h in hs[:-1]], dtype)
@@ -305,15 +314,23 @@ def output_norm_estimates(
     # Lanczos on A_l = P_l^T P_l / c_l, c_l = ||P_l||_F^2 estimate, for every l at once.
     log_c = jax.nn.logsumexp(sq, axis=1) - jnp.log(float(probes))
     ratio = jnp.exp(sq - log_c[:, None])  # per-probe estimates over their mean
-    rel_err = jnp.std(ratio, axis=1, ddof=1 if probes > 1 else 0) / jnp.sqrt(float(probes))
-    keys = jax.random.split(kl, L)
-    qs = [
-        _unit(jax.random.normal(k, (int(jnp.size(h)),), dtype))
-        for k, h in zip(keys, hs[:-1], strict=True)
-    ]
+    rel_err = jnp.std(ratio, axis=1, ddof=1 if probes > 1 else 0) / jnp.sqrt(
+        float(probes)
+    )
+    # Start vectors: the top right singular vector of the probes' pull-backs G P_l (a
+    # randomized range finder with `probes` columns), already close to the top right
+    # singular vector of P_l, so that few Lanczos steps suffice even for flat spectra.
+    del kl
+    qs = []
+    for vecs, lg in zip(back_vec, back_log, strict=True):
+        w = jnp.exp(lg - jnp.max(lg))
+        y_l = vecs * jnp.where(jnp.isfinite(w), w, 0.0)[:, None]
+        qs.append(jnp.linalg.svd(y_l, full_matrices=False)[2][0])
 
     def apply_a(vs):
-        fwd, fwd_log = _push_fwd(maps, [v[None] for v in vs], [jnp.zeros((1,), dtype)] * L, 0)
+        fwd, fwd_log = _push_fwd(
+            maps, [v[None] for v in vs], [jnp.zeros((1,), dtype)] * L, 0
+        )
         bwd, bwd_log = _pull_back(maps, fwd, fwd_log)
         scale = jnp.exp(bwd_log[:, 0] - log_c)
         return [b[0] * s for b, s in zip(bwd, scale, strict=True)]
@@ -332,11 +349,11 @@ def output_norm_estimates(
         w = [wi - bl.T @ (bl @ wi) for wi, bl in zip(w, basis, strict=True)]
         w = [wi - bl.T @ (bl @ wi) for wi, bl in zip(w, basis, strict=True)]
         beta_new = jnp.stack([jnp.linalg.norm(wi) for wi in w])
-        nxt = [
-            wi / jnp.where(b > 0, b, 1.0) for wi, b in zip(w, beta_new, strict=True)
-        ]
+        nxt = [wi / jnp.where(b > 0, b, 1.0) for wi, b in zip(w, beta_new, strict=True)]
         basis = [
-            bl.at[jnp.minimum(it + 1, iters - 1)].set(jnp.where(it + 1 < iters, n, bl[-1]))
+            bl.at[jnp.minimum(it + 1, iters - 1)].set(
+                jnp.where(it + 1 < iters, n, bl[-1])
+            )
             for bl, n in zip(basis, nxt, strict=True)
         ]
         alphas = alphas.at[it].set(alpha)
@@ -354,7 +371,9 @@ def output_norm_estimates(
     )
     *_, alphas, betas = jax.lax.fori_loop(0, iters, body, state)
     off = betas[:-1].T  # (L, iters-1)
-    t = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(alphas.T, off)
+    t = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(
+        alphas.T, off
+    )
     top = jnp.linalg.eigvalsh(t)[:, -1]
     log_sn = 0.5 * (jnp.log(jnp.maximum(top, jnp.finfo(dtype).tiny)) + log_c)
     return NormEstimates(

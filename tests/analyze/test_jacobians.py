@@ -5,6 +5,8 @@ the closed forms (dense w^T, diag(phi'), fused dense+activation, residual shortc
 and the autodiff fallback are checked against a computation that shares none of their code.
 """
 
+import warnings
+
 import flax.linen as fnn
 import jax
 import jax.numpy as jnp
@@ -46,14 +48,35 @@ def _jacrev(fn, x):
     """jax.jacrev of fn at x as a flattened (out, in) matrix."""
     j = jax.jacrev(fn)(x)
     y = jax.eval_shape(fn, x)
-    return np.asarray(j, np.float64).reshape(int(np.prod(y.shape)), x.size)
+    return jnp.reshape(j, (int(np.prod(y.shape)), x.size))
 
 
-def _check_spectrum(jac, ref, bound):
+def _analyze(net, params, x, *, blocks, spectrum=False, apply_kw=None, **kw):
+    """layer_jacobians, its spectra and the references, in ONE jitted call (one XLA
+    compilation per network instead of one per eager op; eager == jit is tested below)."""
+    apply_kw = apply_kw or {}
+
+    def run(params, x):
+        jac = layer_jacobians(net, params, x, blocks=blocks, **kw)
+        fn = lambda v: net.apply(params, v, **apply_kw)  # noqa: E731
+        out = {"jac": jac, "y": fn(x), "ref": _jacrev(fn, x)}
+        if spectrum:
+            out["ls"] = log_singular_values(jac)
+            out["qr"] = log_singular_values(jac, "qr")
+            if jac.mats[-1].shape[0] == jac.mats[0].shape[1]:
+                out["ld"] = log_abs_det(jac)
+        return out
+
+    return jax.jit(run)(params, x)
+
+
+def _check_spectrum(out):
     """log_singular_values (rescaled) against NumPy's SVD of the jacrev Jacobian, and
     log_abs_det (qr) against slogdet when the product is square, full rank along the way
     and well conditioned."""
-    ls = np.asarray(log_singular_values(jac))
+    jac, ref = out["jac"], np.asarray(out["ref"], np.float64)
+    bound = _norm_bound(jac.mats)
+    ls = np.asarray(out["ls"])
     sv = np.linalg.svd(ref, compute_uv=False)
     assert ls.shape == (min(ref.shape),)
     assert np.all(np.diff(ls[np.isfinite(ls)]) <= 0)  # descending
@@ -70,30 +93,32 @@ def _check_spectrum(jac, ref, bound):
     ):
         sign, ref_ld = np.linalg.slogdet(ref)
         assert sign != 0
-        np.testing.assert_allclose(float(log_abs_det(jac)), ref_ld, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(float(out["ld"]), ref_ld, rtol=0, atol=1e-8)
         # The QR accumulation's terms sum to log|det| exactly, whatever their order.
-        qr = np.asarray(log_singular_values(jac, "qr"))
-        np.testing.assert_allclose(qr.sum(), ref_ld, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(np.sum(out["qr"]), ref_ld, rtol=0, atol=1e-8)
 
 
-def _check_network(net, params, x, *, blocks, apply_kw=None, **kw):
+def _check_network(net, params, x, *, blocks, spectrum=False, apply_kw=None, **kw):
     """Asserts the layer_jacobians product equals jacrev of net.apply (float64 in, out)."""
-    apply_kw = apply_kw or {}
-    jac = layer_jacobians(net, params, x, blocks=blocks, **kw)
+    out = _analyze(
+        net, params, x, blocks=blocks, spectrum=spectrum, apply_kw=apply_kw, **kw
+    )
+    jac = out["jac"]
     assert isinstance(jac, Jacobians)
     assert len(jac.hs) == len(jac.mats) + 1
     assert int(jac.first_nonfinite) == -1
     for k, m in enumerate(jac.mats):
         assert m.dtype == jnp.float64
         assert m.shape == (jac.hs[k + 1].size, jac.hs[k].size)
-    fn = lambda v: net.apply(params, v, **apply_kw)  # noqa: E731
     np.testing.assert_allclose(
-        np.asarray(jac.hs[-1]), np.asarray(fn(x)), rtol=1e-12, atol=1e-12
+        np.asarray(jac.hs[-1]), np.asarray(out["y"]), rtol=1e-12, atol=1e-12
     )
-    ref = _jacrev(fn, x)
+    ref = np.asarray(out["ref"], np.float64)
     bound = _norm_bound(jac.mats)
     np.testing.assert_allclose(_product(jac.mats), ref, rtol=1e-9, atol=1e-12 * bound)
-    return jac, ref, bound
+    if spectrum:
+        _check_spectrum(out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -127,16 +152,16 @@ def _mlp_case(depth, width, in_dim, out_dim, act, residual, norm, blocks, seed):
     with jax.enable_x64(True):
         params = jax.tree.map(jnp.asarray, params)
         x = jnp.asarray(rng.normal(size=in_dim))
-        jac, ref, bound = _check_network(net, params, x, blocks=blocks)
+        jac = _check_network(net, params, x, blocks=blocks, spectrum=True)["jac"]
         expected = len(net.layers) if not blocks else depth + (out_dim is not None)
         assert len(jac.mats) == expected
-        if blocks:  # h_l are the block outputs, as net.apply's intermediates name them
-            _, hs = net.apply(params, x, return_intermediates=True)
-            for h, end in zip(jac.hs[1:], net.block_ends, strict=False):
-                np.testing.assert_allclose(
-                    np.asarray(h), np.asarray(hs[end]), rtol=1e-12
-                )
-        _check_spectrum(jac, ref, bound)
+        # h_l are the outputs of the block ends (of every layer with blocks=False)
+        _, hs = jax.jit(lambda p, v: net.apply(p, v, return_intermediates=True))(
+            params, x
+        )
+        ends = net.block_ends if blocks else range(len(net.layers))
+        for h, end in zip(jac.hs[1:], ends, strict=False):
+            np.testing.assert_allclose(np.asarray(h), np.asarray(hs[end]), rtol=1e-12)
 
 
 _ARCH = dict(
@@ -205,7 +230,7 @@ def test_every_activation_matches_jacrev(fancy, blocks, rng):
     with jax.enable_x64(True):
         params = jax.tree.map(jnp.asarray, params)
         x = jnp.asarray(rng.normal(size=5))
-        jac, _, _ = _check_network(net, params, x, blocks=blocks)
+        jac = _check_network(net, params, x, blocks=blocks)["jac"]
         assert len(jac.mats) == (len(nn.ACTIVATIONS) + 2 if blocks else len(net.layers))
 
 
@@ -296,9 +321,13 @@ def test_every_layer_kind_matches_jacrev(name, getkey, rng):
         params = jax.tree.map(jnp.asarray, params)
         x = jnp.asarray(rng.normal(size=in_shape))
         kw = dict(train=train, key=key)
-        jac, _, _ = _check_network(net, params, x, blocks=blocks, apply_kw=kw, **kw)
+        jac = _check_network(net, params, x, blocks=blocks, apply_kw=kw, **kw)["jac"]
         if chunk:
-            chunked = layer_jacobians(net, params, x, blocks=blocks, chunk_size=3, **kw)
+            chunked = jax.jit(
+                lambda p, v: layer_jacobians(
+                    net, p, v, blocks=blocks, chunk_size=3, **kw
+                )
+            )(params, x)
             assert len(chunked.mats) == len(jac.mats)
             for a, b in zip(chunked.mats, jac.mats, strict=True):
                 np.testing.assert_allclose(
@@ -485,17 +514,31 @@ def test_batch_norm_train_batch_jacobian_matches_jacrev(getkey):
 
 
 def test_first_nonfinite(rng):
+    """The first k with a non-finite h_k or J_k; eagerly it also warns naming k, under
+    jit it is only returned."""
     dense = nn.dense(3)
     _, pd = dense.init(jax.random.key(0), (3,))
     net = [dense, nn.elementwise("tanh"), lambda p, v: v / p, dense]
     x = jnp.asarray(rng.normal(size=3), jnp.float32)
-    ok = layer_jacobians(net, [pd, {}, jnp.float32(2.0), pd], x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a finite trajectory does not warn
+        ok = layer_jacobians(net, [pd, {}, jnp.float32(2.0), pd], x)
     assert int(ok.first_nonfinite) == -1
-    bad = layer_jacobians(net, [pd, {}, jnp.float32(0.0), pd], x)
+    with pytest.warns(RuntimeWarning, match=r"non-finite first at h_3 or J_3"):
+        bad = layer_jacobians(net, [pd, {}, jnp.float32(0.0), pd], x)
     assert int(bad.first_nonfinite) == 3  # h_3 = h_2 / 0
     assert np.all(np.isfinite(np.asarray(bad.hs[2])))
-    nan_in = layer_jacobians(net, [pd, {}, jnp.float32(2.0), pd], x.at[1].set(jnp.nan))
+    assert not np.all(np.isfinite(np.asarray(bad.hs[3])))
+    with pytest.warns(RuntimeWarning, match=r"\(k = 0\)"):
+        nan_in = layer_jacobians(
+            net, [pd, {}, jnp.float32(2.0), pd], x.at[1].set(jnp.nan)
+        )
     assert int(nan_in.first_nonfinite) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jitted = jax.jit(lambda p: layer_jacobians(net, [pd, {}, p, pd], x))
+        assert int(jitted(jnp.float32(0.0)).first_nonfinite) == 3
+        assert int(jitted(jnp.float32(2.0)).first_nonfinite) == -1
 
 
 def test_stacked(getkey, rng):

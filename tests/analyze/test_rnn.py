@@ -330,8 +330,6 @@ def test_grad_norms_last_output_only_equals_product_rows(rng):
     )
 
 
-
-
 def test_grad_norms_float32_underflow_matches_float64(getkey, rng):
     """Float32 vanilla tanh RNN with contracting weights and a loss on the last output only:
     the plain gradient dL/ds_0 underflows to exactly 0, the log-space norm is finite and

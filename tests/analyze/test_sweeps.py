@@ -38,7 +38,9 @@ def test_output_sweep_equals_per_layer_products_and_jacrev(kw, blocks, getkey):
         _, params = net.init(getkey(), (4,))
         params = _f64(params)
         x = jax.random.normal(getkey(), (4,), jnp.float64)
-        sweep = jax.jit(lambda x: analyze.output_sweep(net, params, x, blocks=blocks))(x)
+        sweep = jax.jit(lambda x: analyze.output_sweep(net, params, x, blocks=blocks))(
+            x
+        )
         ref = jax.jit(
             lambda x: analyze.output_products(
                 analyze.layer_jacobians(net, params, x, blocks=blocks)
@@ -72,8 +74,11 @@ def test_output_spectra_equal_numpy_svd_of_jacrev(getkey):
 def test_conv_net_uses_generic_linearization(getkey):
     with jax.enable_x64(True):
         net = nn.serial(
-            nn.conv2d(3, (3, 3)), nn.elementwise("tanh"), nn.avg_pool((2, 2)),
-            nn.flatten(), nn.dense(5),
+            nn.conv2d(3, (3, 3)),
+            nn.elementwise("tanh"),
+            nn.avg_pool((2, 2)),
+            nn.flatten(),
+            nn.dense(5),
         )
         _, params = net.init(getkey(), (6, 6, 2))
         params = _f64(params)
