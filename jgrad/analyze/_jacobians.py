@@ -183,14 +183,18 @@ def jacobian(
     n, m = xf.size, out.shape[0]
     if mode == "auto":
         mode = "fwd" if n <= m else "rev"
+
+    def over_basis(f, basis):
+        # vmap when unchunked (no loop to compile eagerly), lax.map in chunks otherwise
+        if chunk_size is None or chunk_size >= basis.shape[0]:
+            return jax.vmap(f)(basis)
+        return jax.lax.map(f, basis, batch_size=chunk_size)
+
     if mode == "fwd":
         push = lambda t: jax.jvp(flat_fn, (xf,), (t,))[1]  # noqa: E731
-        basis = jnp.eye(n, dtype=xf.dtype)
-        cols = jax.lax.map(push, basis, batch_size=chunk_size or n)
-        return cols.T
+        return over_basis(push, jnp.eye(n, dtype=xf.dtype)).T
     _, pull = jax.vjp(flat_fn, xf)
-    basis = jnp.eye(m, dtype=out.dtype)
-    return jax.lax.map(lambda c: pull(c)[0], basis, batch_size=chunk_size or m)
+    return over_basis(lambda c: pull(c)[0], jnp.eye(m, dtype=out.dtype))
 
 
 # ----------------------------------------------------------------------------------------
@@ -326,6 +330,12 @@ def layer_jacobians(
         ([(4, 4), (4, 4), (4, 4)], -1)
     """
     layers, ends = as_layers(net)
+    if (
+        isinstance(net, Layer)
+        and not hasattr(net, "layers")
+        and not (isinstance(params, (tuple, list)) and len(params) == 1)
+    ):
+        params = (params,)  # a single layer's own params (or them in a one-entry list)
     if not isinstance(params, (tuple, list)) or len(params) != len(layers):
         got = (
             len(params) if isinstance(params, (tuple, list)) else type(params).__name__

@@ -237,7 +237,12 @@ def _qr_logs(mats):
     def step(q, acc, j):
         qn, r = jnp.linalg.qr(j @ q)
         d = jnp.log(jnp.abs(jnp.diagonal(r)))
-        return qn, acc[: d.shape[0]] + d
+        # Through a narrower layer the directions beyond its width are annihilated: their
+        # exponents become -inf (the product has rank at most that width).
+        k = d.shape[0]
+        return qn, jnp.concatenate(
+            [acc[:k] + d, jnp.full(acc.shape[0] - k, -jnp.inf, acc.dtype)]
+        )
 
     if hasattr(mats, "shape"):
         n = mats.shape[2]
@@ -306,7 +311,9 @@ def log_singular_values(
         )
     if method == "rescaled":
         return log_singular_values(jacobian_product(mats, start, stop))
-    return jnp.sort(_qr_logs(mats[start:stop]))[::-1]
+    sub = mats[start:stop]
+    r = min(sub[-1].shape[0], sub[0].shape[1])
+    return jnp.sort(_qr_logs(sub))[::-1][:r]
 
 
 def log_abs_det(
@@ -316,6 +323,8 @@ def log_abs_det(
     conditioning (a sum of per-layer terms). Square products only."""
     mats = _as_mats(jacobians)
     start, stop = _check_range(start, stop, len(mats))
+    if start == stop:  # the identity
+        return jnp.zeros((), mats[0].dtype)
     sub = mats[start:stop]
     n_out, n_in = sub[-1].shape[0], sub[0].shape[1]
     if n_out != n_in:

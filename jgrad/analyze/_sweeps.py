@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jgrad import _checks
 from jgrad.analyze._jacobians import _couples_examples, as_layers, warn_first_nonfinite
 from jgrad.analyze._products import LogMatrix, _normalize
+from jgrad.nn._layer import Layer
 
 __all__ = [
     "output_sweep",
@@ -36,6 +37,12 @@ __all__ = [
 def _blocks(net, params, x, *, blocks, train, key):
     """Forward pass; returns the output and one (jvp, vjp) pair per block."""
     layers, ends = as_layers(net)
+    if (
+        isinstance(net, Layer)
+        and not hasattr(net, "layers")
+        and not (isinstance(params, (tuple, list)) and len(params) == 1)
+    ):
+        params = (params,)  # a single layer's own params (or them in a one-entry list)
     if not isinstance(params, (tuple, list)) or len(params) != len(layers):
         got = (
             len(params) if isinstance(params, (tuple, list)) else type(params).__name__

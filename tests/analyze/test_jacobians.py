@@ -143,6 +143,13 @@ def _random_params(net, in_shape, rng):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
+def _params32(net, in_shape, rng):
+    """_random_params as float32 jax arrays (an eager net.init compiles every random op)."""
+    return jax.tree.map(
+        lambda a: jnp.asarray(a, jnp.float32), _random_params(net, in_shape, rng)
+    )
+
+
 def _mlp_case(depth, width, in_dim, out_dim, act, residual, norm, blocks, seed):
     net = nn.mlp(
         depth, width, activation=act, residual=residual, norm=norm, out_dim=out_dim
@@ -172,14 +179,14 @@ _ARCH = dict(
     blocks=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-# Eager JAX compiles each primitive once per shape, so the fast test draws widths from a
-# few values (both ends of 1..16 and a mismatch between input and hidden width), where
-# the compilation cache is reused across examples; the slow one draws any width.
-_FEW = st.sampled_from([1, 2, 5, 16])
+_ARCH["width"] = st.integers(1, 16)
+_ARCH["in_dim"] = st.integers(1, 16)  # may differ from the hidden width
+_ARCH["out_dim"] = st.one_of(st.none(), st.integers(1, 16))
 
 
-@settings(max_examples=10, deadline=None)
-@given(width=_FEW, in_dim=_FEW, out_dim=st.one_of(st.none(), _FEW), **_ARCH)
+# Each example costs one XLA compilation (~1 s): 8 here, 60 in the slow test.
+@settings(max_examples=8, deadline=None)
+@given(**_ARCH)
 def test_mlp_product_and_spectrum_match_jacrev(
     depth, width, in_dim, out_dim, act, residual, norm, blocks, seed
 ):
@@ -188,13 +195,8 @@ def test_mlp_product_and_spectrum_match_jacrev(
 
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None)
-@given(
-    width=st.integers(1, 16),
-    in_dim=st.integers(1, 16),
-    out_dim=st.one_of(st.none(), st.integers(1, 16)),
-    **_ARCH,
-)
-def test_mlp_product_and_spectrum_match_jacrev_any_width(
+@given(**_ARCH)
+def test_mlp_product_and_spectrum_match_jacrev_more_examples(
     depth, width, in_dim, out_dim, act, residual, norm, blocks, seed
 ):
     _mlp_case(depth, width, in_dim, out_dim, act, residual, norm, blocks, seed)
@@ -205,7 +207,9 @@ def _every_activation_net(fancy):
     pre-activation residual blocks with layer norm (autodiff fallback inside the branch);
     then prelu and maxout."""
     layers, ends = [], []
-    for name in nn.ACTIVATIONS:
+    # every name in plain blocks; every third one in residual blocks (layer norm is the
+    # autodiff fallback, one compilation each)
+    for name in nn.ACTIVATIONS[::3] if fancy else nn.ACTIVATIONS:
         if fancy:
             branch = nn.serial(nn.layer_norm(), nn.elementwise(name), nn.dense(6))
             layers.append(nn.residual(branch, 0.7))
@@ -231,13 +235,13 @@ def test_every_activation_matches_jacrev(fancy, blocks, rng):
         params = jax.tree.map(jnp.asarray, params)
         x = jnp.asarray(rng.normal(size=5))
         jac = _check_network(net, params, x, blocks=blocks)["jac"]
-        assert len(jac.mats) == (len(nn.ACTIVATIONS) + 2 if blocks else len(net.layers))
+        assert len(jac.mats) == (len(net.block_ends) if blocks else len(net.layers))
 
 
-def test_dense_activation_block_is_closed_form(getkey, rng):
+def test_dense_activation_block_is_closed_form(rng):
     """For a plain mlp J_l = diag(phi'(a_l)) W_l^T, computed here by hand."""
     net = nn.mlp(3, 5, activation="tanh", bias_var=0.1)
-    _, params = net.init(getkey(), (4,))
+    params = _params32(net, (4,), rng)
     with jax.enable_x64(True):
         params = _f64(params)
         h = jnp.asarray(rng.normal(size=4))
@@ -254,8 +258,9 @@ def test_dense_activation_block_is_closed_form(getkey, rng):
 
 
 # ----------------------------------------------------------------------------------------
-# 2. Every layer kind: conv, pooling, flatten, batch norm (eval), dropout (train), maxout,
-#    prelu, nested serial, a single Layer. Chunked fallback == unchunked.
+# 2. Every layer kind: conv, pooling, flatten, global pooling, layer and batch norm (eval),
+#    dropout (train), maxout, nested serials, a bare Layer. Chunked fallback == unchunked.
+#    (prelu and maxout in an mlp: test_every_activation_matches_jacrev.)
 
 
 def _conv_serial():
@@ -330,9 +335,7 @@ def test_every_layer_kind_matches_jacrev(name, getkey, rng):
             )(params, x)
             assert len(chunked.mats) == len(jac.mats)
             for a, b in zip(chunked.mats, jac.mats, strict=True):
-                np.testing.assert_allclose(
-                    np.asarray(a), np.asarray(b), rtol=1e-14, atol=1e-15
-                )
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_single_layer_as_net(rng):
@@ -349,11 +352,6 @@ def test_single_layer_as_net(rng):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="layer_jacobians(layer, params) rejects the params that a bare (non-serial) "
-    "Layer's own init returns (a dict), asking for 'the params returned by net.init'",
-)
 def test_single_layer_accepts_its_own_init_params(rng):
     layer = nn.dense(3)
     _, params = layer.init(jax.random.key(0), (4,))
@@ -366,7 +364,7 @@ def test_dropout_key_changes_the_jacobian(getkey, rng):
     """Train-mode dropout: the mask follows `key` exactly as net.apply's does (checked
     above); two keys give two different masks, so the test above is not vacuous."""
     net = nn.mlp(1, 8, drop_prob=0.5)
-    _, params = net.init(getkey(), (3,))
+    params = _params32(net, (3,), rng)
     x = jnp.asarray(rng.normal(size=3), jnp.float32)
     a = layer_jacobians(net, params, x, train=True, key=getkey()).mats[0]
     b = layer_jacobians(net, params, x, train=True, key=getkey()).mats[0]
@@ -397,8 +395,6 @@ def test_jacobian_modes_and_chunks_match_jacrev(case, rng):
         ref = _jacrev(fn, x)
         for mode, chunk in [
             ("auto", None),
-            ("fwd", None),
-            ("rev", None),
             ("fwd", 2),
             ("rev", 3),
             ("rev", 1000),
@@ -415,7 +411,7 @@ def test_jacobian_modes_and_chunks_match_jacrev(case, rng):
 def test_mixed_list_of_layer_flax_module_and_function(getkey, rng):
     dense = nn.dense(6, bias_var=0.1)
     module = fnn.Dense(4)
-    _, p_dense = dense.init(getkey(), (5,))
+    p_dense = _params32(dense, (5,), rng)
     with default_promotion():
         variables = module.init(getkey(), jnp.zeros((6,), jnp.float32))
 
@@ -462,9 +458,9 @@ def _bn_net():
     return nn.mlp(2, 3, activation="tanh", norm="batch", out_dim=2, bias_var=0.1)
 
 
-def test_batch_norm_train_needs_batch_jacobian(getkey):
+def test_batch_norm_train_needs_batch_jacobian(getkey, rng):
     net = _bn_net()
-    _, params = net.init(getkey(), (3,))
+    params = _params32(net, (3,), rng)
     xs = jax.random.normal(getkey(), (4, 3))
     with pytest.raises(ValueError, match="`batch_jacobian` must be True"):
         layer_jacobians(net, params, xs, train=True)
@@ -472,7 +468,7 @@ def test_batch_norm_train_needs_batch_jacobian(getkey):
         layer_jacobians(net, params, xs[0], train=True)
     # Nested: batch norm inside a residual branch inside a list.
     res = nn.residual(nn.serial(nn.batch_norm(), nn.dense(3)))
-    _, rp = res.init(getkey(), (3,))
+    rp = _params32(res, (3,), rng)
     with pytest.raises(ValueError, match="`batch_jacobian` must be True"):
         layer_jacobians([res], [rp], xs, train=True)
     with pytest.raises(ValueError, match="`x` must be a batch"):
@@ -481,10 +477,10 @@ def test_batch_norm_train_needs_batch_jacobian(getkey):
     assert len(layer_jacobians(net, params, xs[0]).mats) == 3
 
 
-def test_batch_norm_train_batch_jacobian_matches_jacrev(getkey):
+def test_batch_norm_train_batch_jacobian_matches_jacrev(getkey, rng):
     b, n = 4, 3
     net = _bn_net()
-    _, params = net.init(getkey(), (n,))
+    params = _params32(net, (n,), rng)
     xs = jax.random.normal(getkey(), (b, n))
     with jax.enable_x64(True):
         params, xs = _f64(params), xs.astype(jnp.float64)
@@ -517,7 +513,7 @@ def test_first_nonfinite(rng):
     """The first k with a non-finite h_k or J_k; eagerly it also warns naming k, under
     jit it is only returned."""
     dense = nn.dense(3)
-    _, pd = dense.init(jax.random.key(0), (3,))
+    pd = _params32(dense, (3,), rng)
     net = [dense, nn.elementwise("tanh"), lambda p, v: v / p, dense]
     x = jnp.asarray(rng.normal(size=3), jnp.float32)
     with warnings.catch_warnings():
@@ -541,23 +537,23 @@ def test_first_nonfinite(rng):
         assert int(jitted(jnp.float32(2.0)).first_nonfinite) == -1
 
 
-def test_stacked(getkey, rng):
+def test_stacked(rng):
     net = nn.mlp(4, 5, activation="erf")
-    _, params = net.init(getkey(), (5,))
+    params = _params32(net, (5,), rng)
     jac = layer_jacobians(net, params, jnp.asarray(rng.normal(size=5), jnp.float32))
     s = jac.stacked()
     assert s.shape == (4, 5, 5)
     for k in range(4):
         np.testing.assert_array_equal(np.asarray(s[k]), np.asarray(jac.mats[k]))
-    _, params = net.init(getkey(), (3,))
+    params = _params32(net, (3,), rng)
     jac = layer_jacobians(net, params, jnp.asarray(rng.normal(size=3), jnp.float32))
     with pytest.raises(ValueError, match=r"`stacked\(\)` needs Jacobians of one shape"):
         jac.stacked()
 
 
-def test_layer_jacobians_errors(getkey):
+def test_layer_jacobians_errors(rng):
     net = nn.mlp(2, 3)
-    _, params = net.init(getkey(), (3,))
+    params = _params32(net, (3,), rng)
     x = jnp.linspace(-1.0, 0.7, 3)
     for bad in (3, "mlp", [], None):
         with pytest.raises(ValueError, match="`net` must be a jgrad.nn.Layer"):
@@ -580,37 +576,29 @@ def test_layer_jacobians_errors(getkey):
 # 10. vmap over examples and jit.
 
 
-def test_vmap_and_jit_match_loop(getkey):
-    net = nn.mlp(2, 4, activation="gelu", residual=True, norm="layer", out_dim=4)
-    _, params = net.init(getkey(), (4,))
+def test_vmap_and_jit_match_loop(getkey, rng):
+    # one residual block with layer norm (autodiff fallback under vmap) and a readout
+    net = nn.mlp(1, 4, activation="gelu", residual=True, norm="layer", out_dim=4)
+    params = _params32(net, (4,), rng)
     xs = jax.random.normal(getkey(), (3, 4))
 
     def spectrum(x):
         jac = layer_jacobians(net, params, x)
         return log_singular_values(jac), log_singular_values(jac, "qr"), jac.stacked()
 
-    batched = jax.vmap(spectrum)(xs)
-    jitted_batched = jax.jit(jax.vmap(spectrum))(xs)
+    batched = jax.vmap(spectrum)(xs)  # eager vmap
+    jitted = jax.jit(jax.vmap(spectrum))(xs)
     one = jax.jit(spectrum)
-    eager = spectrum(xs[0])
+    refs = jax.jit(jax.vmap(jax.jacrev(lambda v: net.apply(params, v))))(xs)
+    for b, j in zip(batched, jitted, strict=True):  # jit == eager
+        np.testing.assert_allclose(np.asarray(j), np.asarray(b), rtol=2e-5, atol=1e-5)
     for i in range(xs.shape[0]):
         loop = one(xs[i])  # the per-example loop
-        if i == 0:  # jit == eager
-            for j, e in zip(loop, eager, strict=True):
-                np.testing.assert_allclose(
-                    np.asarray(j), np.asarray(e), rtol=2e-5, atol=1e-5
-                )
-        for b, jb, lp in zip(batched, jitted_batched, loop, strict=True):
+        for b, lp in zip(batched, loop, strict=True):
             np.testing.assert_allclose(
                 np.asarray(b[i]), np.asarray(lp), rtol=2e-5, atol=1e-5
             )
-            np.testing.assert_allclose(
-                np.asarray(jb[i]), np.asarray(lp), rtol=2e-5, atol=1e-5
-            )
-        ref = np.linalg.svd(
-            np.asarray(jax.jacrev(lambda v: net.apply(params, v))(xs[i]), np.float64),
-            compute_uv=False,
-        )
+        ref = np.linalg.svd(np.asarray(refs[i], np.float64), compute_uv=False)
         np.testing.assert_allclose(
             np.exp(np.asarray(batched[0][i])), ref, rtol=1e-4, atol=1e-5 * ref[0]
         )

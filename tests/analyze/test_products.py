@@ -63,7 +63,7 @@ def _assert_logmatrix(lm, ref, rtol=1e-12):
 def test_jacobian_product_every_pair(kind, rng):
     with jax.enable_x64(True):
         if kind == "rectangular":
-            mats = _chain(rng)
+            mats = _chain(rng, (3, 5, 2, 3))
             js = [jnp.asarray(m) for m in mats]
         else:
             mats = _square_stack(rng)
@@ -113,8 +113,10 @@ def test_input_and_output_products(kind, rng):
                 np.testing.assert_allclose(
                     values[k], _explicit(mats, 0, k + 1), rtol=1e-12
                 )
-        else:
-            assert isinstance(ins, tuple) and isinstance(outs, tuple)
+        else:  # a tuple of LogMatrix (a LogMatrix is a NamedTuple: check it is not one)
+            for seq in (ins, outs):
+                assert isinstance(seq, tuple) and not isinstance(seq, LogMatrix)
+                assert all(isinstance(lm, LogMatrix) for lm in seq)
         assert len(ins) == len(outs) == depth
         for k in range(depth):
             _assert_logmatrix(ins[k], _explicit(mats, 0, k + 1))  # d h_(k+1) / d h_0
@@ -185,11 +187,20 @@ def test_zero_jacobian_gives_minus_inf_and_no_nan(rng):
     )
 
 
-def test_dead_relu_layer(getkey, rng):
+def test_dead_relu_layer(rng):
     """A ReLU layer whose pre-activations are all negative has J = 0 exactly."""
     net = nn.mlp(3, 4, activation="relu")
-    _, params = net.init(getkey(), (4,))
-    params = list(params)
+    shapes = jax.eval_shape(lambda k: net.init(k, (4,))[1], jax.random.key(0))
+    params = [  # N(0, 1/fan_in) weights, N(0, 0.3^2) biases (an eager init is slow)
+        jax.tree.map(
+            lambda s: jnp.asarray(
+                rng.normal(size=s.shape) / np.sqrt(s.shape[0] if s.ndim == 2 else 11),
+                jnp.float32,
+            ),
+            p,
+        )
+        for p in shapes
+    ]
     params[2] = dict(params[2], b=jnp.full((4,), -100.0, jnp.float32))  # kills layer 2
     x = jnp.asarray(rng.normal(size=4), jnp.float32)
     jac = layer_jacobians(net, params, x)
@@ -238,27 +249,26 @@ def test_rescaled_singular_values_match_svd(kind, rng):
 
 def test_qr_sum_is_log_abs_det_but_terms_are_not_singular_values(rng):
     with jax.enable_x64(True):
-        for depth, n in ((1, 4), (3, 6), (6, 3)):
+        for depth, n, pairs in (
+            (1, 4, [(0, 1)]),
+            (3, 5, list(itertools.combinations(range(4), 2))),
+            (6, 3, [(0, 6), (2, 5)]),
+        ):
             mats = _square_stack(rng, depth, n)
             js = jnp.asarray(mats)
-            for start, stop in itertools.combinations(range(depth + 1), 2):
+            for start, stop in pairs:
                 sign, ref = np.linalg.slogdet(_explicit(mats, start, stop))
                 assert sign != 0
                 qr = np.asarray(log_singular_values(js, "qr", start=start, stop=stop))
                 assert qr.shape == (n,) and np.all(np.diff(qr) <= 0)
                 np.testing.assert_allclose(qr.sum(), ref, rtol=1e-12, atol=1e-8)
-                np.testing.assert_allclose(
-                    float(log_abs_det(js, start=start, stop=stop)),
-                    ref,
-                    rtol=1e-12,
-                    atol=1e-8,
-                )
-                np.testing.assert_allclose(
-                    float(log_abs_det(list(js), start=start, stop=stop)),
-                    ref,
-                    rtol=1e-12,
-                    atol=1e-8,
-                )
+                for j in (js, list(js)):  # scan and loop paths
+                    np.testing.assert_allclose(
+                        float(log_abs_det(j, start=start, stop=stop)),
+                        ref,
+                        rtol=1e-12,
+                        atol=1e-8,
+                    )
         # At small depth the sorted QR terms are NOT the log singular values of a
         # generic (non-normal) product: only their sum is.
         mats = _square_stack(rng, 2, 4)
@@ -276,9 +286,9 @@ def test_qr_equals_svd_for_diagonal_products(rng):
         expected = np.sort(np.sum(np.log(np.abs(d)), axis=0))[::-1]
         for method in ("rescaled", "qr"):
             ls = np.asarray(log_singular_values(js, method))
-            keep = (
-                expected > expected[0] - 30
-            )  # rescaled keeps those above sigma_max eps
+            # a diagonal product stays exactly diagonal, so even the rescaled method
+            # resolves values far below sigma_max (here down to e^-30 sigma_max)
+            keep = expected > expected[0] - 30
             np.testing.assert_allclose(ls[keep], expected[keep], rtol=1e-12, atol=1e-8)
         np.testing.assert_allclose(
             np.asarray(log_singular_values(js, "qr")), expected, rtol=1e-12, atol=1e-8
@@ -297,11 +307,6 @@ def test_rescaled_loses_what_qr_keeps():
     np.testing.assert_allclose(float(log_abs_det(js)), 100 * np.log(1.5), rtol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="log_abs_det of a square product through a narrower layer (rank < n, det = 0) "
-    "returns a finite value: _qr_logs truncates the accumulator to the bottleneck width",
-)
 def test_log_abs_det_through_a_bottleneck_is_minus_inf(rng):
     with jax.enable_x64(True):
         a, b = rng.normal(size=(3, 4)), rng.normal(size=(4, 3))  # 4 -> 3 -> 4: rank 3
@@ -311,11 +316,6 @@ def test_log_abs_det_through_a_bottleneck_is_minus_inf(rng):
         assert ld < -25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="log_abs_det(j, start=k, stop=k) raises IndexError (empty slice) instead of "
-    "returning log det I = 0 or a ValueError like log_singular_values",
-)
 @pytest.mark.parametrize("as_tuple", [False, True])
 def test_log_abs_det_of_empty_range(as_tuple, rng):
     js = jnp.asarray(rng.normal(size=(3, 4, 4)), jnp.float32)
@@ -465,26 +465,33 @@ def _slope(log_mean_sq, depths):
     return float(np.sum(d * m) / np.sum(d * d))
 
 
-# (sigma_w^2, sigma_b^2, width, depth, networks, relative tolerance on the slope).
+# (sigma_w^2, sigma_b^2, width, depths measured (the last is the network's), networks,
+# relative tolerance on the slope of log(mean sigma^2) against depth vs log chi_1).
 # Near criticality (sigma_w^2 = 1.5: log chi_1 = -0.063) the per-layer fluctuation of
 # mean(tanh'(a)^2) over a finite width (~3.5% at width 256) makes the slope of one network
-# uncertain by ~27%, so 8 networks only resolve it to ~10%: the tolerance is 35%, and the
-# 5% check is the slow test below. Deep in the ordered phase (0.5: log chi_1 = -0.84) the
-# same noise is ~1% and a small run checks 5%.
-_FAST = [(1.5, 0.05, 256, 20, 8, 0.35), (0.5, 0.05, 128, 10, 4, 0.05)]
+# uncertain by ~27%; 64 networks resolve it to ~3.5% (simulated), so the fast check allows
+# 15% and the 5% check is the slow test below. Deep in the ordered phase (0.5: log chi_1 =
+# -0.84) the same noise is ~1% and a small run checks 5%.
+_FAST = [
+    (1.5, 0.05, 256, [10, 20], 64, 0.15),
+    (0.5, 0.05, 128, [2, 4, 6, 8, 10], 4, 0.05),
+]
 
 
-@pytest.mark.parametrize("weight_var, bias_var, width, depth, seeds, tol", _FAST)
+@pytest.mark.parametrize("weight_var, bias_var, width, depths, seeds, tol", _FAST)
 def test_mean_squared_singular_value_grows_as_chi1(
-    weight_var, bias_var, width, depth, seeds, tol
+    weight_var, bias_var, width, depths, seeds, tol
 ):
     _, chi = _mean_field(weight_var, bias_var)
-    depths = list(range(depth // 4, depth + 1, depth // 4))
     lms = _log_mean_sq_by_depth(
-        weight_var, bias_var, width, depth, depths, seeds, seed=1
+        weight_var, bias_var, width, depths[-1], depths, seeds, seed=1
     )
     slope = _slope(lms, depths)
     assert abs(slope / np.log(chi) - 1) < tol, (slope, np.log(chi))
+    # and the growth is linear: every depth sits on the line through the origin
+    m = np.logaddexp.reduce(lms, axis=0) - np.log(seeds)
+    d = np.asarray(depths, np.float64)
+    np.testing.assert_allclose(m, slope * d, rtol=tol)
 
 
 @pytest.mark.slow
@@ -546,7 +553,7 @@ def test_spectrum_density_integrates_to_one(rng):
     v = rng.normal(size=(4, 50)) * 3
     v[0, :3] = [-np.inf, np.nan, np.inf]  # dropped
     finite = v[np.isfinite(v)]
-    for bins, rng_ in ((10, None), (7, (-2.0, 2.0)), (1, None)):
+    for bins, rng_ in ((10, None), (7, (-2.0, 2.0))):
         dens, edges = spectrum_density(jnp.asarray(v, jnp.float32), bins, rng_)
         assert dens.shape == (bins,) and edges.shape == (bins + 1,)
         np.testing.assert_allclose(
