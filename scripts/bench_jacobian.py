@@ -220,6 +220,20 @@ def main(argv=None):
                 "ms_rel_err_median": float(np.median(ms)),
                 "ms_rel_err_max": float(np.max(ms)),
             }
+        name = "c: jgrad output_norms (exact mean sq., 16 Lanczos)"
+        res[name], est = time_jit(
+            jax.vmap(lambda x, k: analyze.output_norms(net, params, x, k)),
+            (xs, keys),
+            args.repeats,
+        )
+        sn = np.abs(np.expm1(np.asarray(est.log_spectral_norm - ex_sn)))
+        ms = np.abs(np.expm1(np.asarray(est.log_mean_sq - ex_ms)))
+        accuracy["output_norms"] = {
+            "sn_rel_err_median": float(np.median(sn)),
+            "sn_rel_err_max": float(np.max(sn)),
+            "ms_rel_err_median": float(np.median(ms)),
+            "ms_rel_err_max": float(np.max(ms)),
+        }
         # consistency of (a) with the naive spectrum (top 10 log singular values)
         naive_sv = jnp.log(
             jax.jit(

@@ -38,3 +38,31 @@ def test_bench_rnn_quick(tmp_path, monkeypatch, capsys):
     assert {"jgrad", "jgrad fast", "flax OptimizedLSTMCell", "flax SimpleCell"} <= impls
     assert all(r["seconds"] > 0 and r["gflops"] > 0 for r in data["rows"])
     assert "matmul peak" in capsys.readouterr().out
+
+
+def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench_jacobian.json"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["bench_jacobian.py", "--quick", "--repeats", "1", "--out", str(out)],
+    )
+    promotion = jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard")
+    with pytest.MonkeyPatch.context() as m, promotion[0], promotion[1]:
+        m.setitem(sys.modules, "torch", None)  # the comparison must be optional
+        runpy.run_path(str(ROOT / "scripts" / "bench_jacobian.py"), run_name="__main__")
+    data = json.loads(out.read_text())
+    impls = {r["impl"] for r in data["rows"]}
+    assert {
+        "a: naive JAX jacrev+svd",
+        "a: jgrad input_output_spectrum",
+        "b: jgrad output_spectra",
+        "c: jgrad output_norm_estimates 6:32",
+    } <= impls
+    acc = next(r for r in data["rows"] if r["impl"] == "accuracy")
+    # (a) is the same spectrum as the naive computation.
+    assert acc["a_top10_max_abs_diff"] < 1e-3
+    # 6 Lanczos steps on 16-wide products of depth <= 4: the Krylov space is nearly the
+    # whole space, so the spectral norm is nearly exact.
+    assert acc["c_accuracy"]["6:32"]["sn_rel_err_max"] < 1e-3
+    assert "matmul peak" in capsys.readouterr().out

@@ -57,6 +57,7 @@ __all__ = [
 from jgrad.analyze._sweeps import NormEstimates as NormEstimates  # noqa: E402
 from jgrad.analyze._sweeps import input_output_spectrum as input_output_spectrum  # noqa: E402
 from jgrad.analyze._sweeps import output_norm_estimates as output_norm_estimates  # noqa: E402
+from jgrad.analyze._sweeps import output_norms as output_norms  # noqa: E402
 from jgrad.analyze._sweeps import output_spectra as output_spectra  # noqa: E402
 from jgrad.analyze._sweeps import output_sweep as output_sweep  # noqa: E402
 
@@ -64,6 +65,7 @@ __all__ += [
     "NormEstimates",
     "input_output_spectrum",
     "output_norm_estimates",
+    "output_norms",
     "output_spectra",
     "output_sweep",
 ]

@@ -169,3 +169,29 @@ def test_bad_input(getkey):
     with pytest.raises(ValueError, match="`probes`"):
         analyze.output_norm_estimates(net, params, x, getkey(), probes=-1)
     assert jgrad.analyze.output_sweep(net, params, x)[0].matrix.shape == (4, 4)
+
+
+def test_output_norms_exact_mean_square_and_lanczos_spectral_norm(getkey):
+    with jax.enable_x64(True):
+        net = nn.mlp(5, 6, activation="tanh", weight_var=1.8, bias_var=0.1, out_dim=4)
+        _, params = net.init(getkey(), (6,))
+        params = _f64(params)
+        x = jax.random.normal(getkey(), (6,), jnp.float64)
+        norms = jax.jit(lambda x, k: analyze.output_norms(net, params, x, k, iters=6))(
+            x, getkey()
+        )
+        _, hs = net.apply(params, x, return_intermediates=True)
+        hs = (x,) + hs
+        for i in range(5):
+            lo = 2 * i
+            jac = np.asarray(jax.jacrev(_sub(net, params, lo))(hs[lo]))  # (4, 6)
+            sv = np.linalg.svd(jac, compute_uv=False)
+            # mean squared singular value: tr(J J^T) / min(m, n), exactly
+            np.testing.assert_allclose(
+                norms.log_mean_sq[i], np.log(np.sum(sv**2) / 4), rtol=1e-10
+            )
+            # 6 Lanczos steps on a 6x6 P^T P: the full Krylov space, so exact
+            np.testing.assert_allclose(
+                norms.log_spectral_norm[i], np.log(sv[0]), rtol=1e-8, atol=1e-8
+            )
+        assert float(jnp.max(norms.mean_sq_rel_err)) == 0.0
