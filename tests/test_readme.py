@@ -60,4 +60,6 @@ def test_readme_analyze_example_runs():
     # The vanilla RNN's measured growth never exceeds Pascanu's bound.
     b = namespace["bound"]
     assert float(b.measured_rate) <= float(b.bound) + 1e-6
-    assert len(namespace["per_layer"]) == 8 and bool(jnp.isfinite(namespace["qr_logdet"]))
+    assert len(namespace["per_layer"]) == 8 and bool(
+        jnp.isfinite(namespace["qr_logdet"])
+    )
