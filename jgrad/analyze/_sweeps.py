@@ -474,13 +474,20 @@ def output_norms(
     _checks.positive_int("iters", iters)
     mats, logs = _sweep(net, params, x, blocks=blocks, train=train, key=dropout_key)
     keys = jax.random.split(key, len(mats))
-    sn, ms = [], []
-    for m, s, k in zip(mats, logs, keys, strict=True):
-        sn.append(jnp.log(_matrix_lanczos_top(m, iters, k)) + s)
-        fro2 = jnp.sum(jnp.square(m))  # entries <= 1 in magnitude: no overflow
-        r = min(m.shape)
-        ms.append(jnp.log(fro2) + 2 * s - jnp.log(float(r)))
-    sn, ms = jnp.stack(sn), jnp.stack(ms)
+    logs = jnp.stack(logs)
+    if len({m.shape for m in mats}) == 1:  # one vmapped Lanczos (compiled once)
+        stacked = jnp.stack(mats)
+        top = jax.vmap(lambda m, k: _matrix_lanczos_top(m, iters, k))(stacked, keys)
+        fro2 = jnp.sum(jnp.square(stacked), axis=(1, 2))
+    else:
+        top = jnp.stack(
+            [_matrix_lanczos_top(m, iters, k) for m, k in zip(mats, keys, strict=True)]
+        )
+        fro2 = jnp.stack([jnp.sum(jnp.square(m)) for m in mats])
+    # entries <= 1 in magnitude: the squared Frobenius norm cannot overflow
+    r = jnp.asarray([min(m.shape) for m in mats], logs.dtype)
+    sn = jnp.log(top) + logs
+    ms = jnp.log(fro2) + 2 * logs - jnp.log(r)
     return NormEstimates(
         log_spectral_norm=sn, log_mean_sq=ms, mean_sq_rel_err=jnp.zeros_like(ms)
     )
