@@ -35,7 +35,12 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.analyze._products import LogMatrix, _normalize
+from jgrad.analyze._products import (
+    LogMatrix,
+    _normalize,
+    log_singular_values,
+    output_products,
+)
 from jgrad.rnn._cell import Cell, LSTMState
 from jgrad.rnn._unroll import _validate, unroll
 
@@ -171,8 +176,6 @@ def rnn_jacobian_products(
     """
     jac = rnn_step_jacobians(cell, params, xs, carry0)
     if not parallel:
-        from jgrad.analyze._products import output_products
-
         return output_products(jac)
 
     def combine(a, b):
@@ -239,6 +242,7 @@ def rnn_grad_norms(
         A :class:`TimeGradFlow`.
     """
     xp, s_prev, s_next = _states(cell, params, xs, carry0)
+    _warn_nonfinite(s_next, "rnn_grad_norms")
     f = _step_fn(cell, params)
     H = cell.hidden
     ys = s_next[:, :H]
@@ -415,8 +419,6 @@ def pascanu_bound(cell: Cell, params: dict, xs: jax.Array, carry0: Any) -> Pasca
     w_norm = jnp.linalg.norm(params["w_hh"], ord=2)
     bound = gamma * w_norm
     prods = rnn_jacobian_products(cell, params, xs, carry0)
-    from jgrad.analyze._products import log_singular_values
-
     log_norms = log_singular_values(prods)[:, 0]
     T = log_norms.shape[0]
     dist = (T - jnp.arange(T)).astype(log_norms.dtype)  # T - t for t = 0..T-1

@@ -669,6 +669,12 @@ def test_overflow_warns_naming_first_nonfinite_step(getkey, rng):
         jac = rnn_step_jacobians(cell, params, xs, c0)
     assert any("rnn_step_jacobians" in str(r.message) for r in rec)
     assert np.all(np.isfinite(np.asarray(jac[: first - 1])))
+    # rnn_grad_norms reports the same first non-finite step.
+    with pytest.warns(
+        RuntimeWarning,
+        match=f"rnn_grad_norms: non-finite values first at step {first} ",
+    ):
+        rnn_grad_norms(cell, params, xs, c0, lambda ys: jnp.sum(ys[-1]))
 
 
 def test_no_warning_for_finite_run_and_under_jit(getkey, rng):
