@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -36,37 +35,18 @@ import numpy as np
 import jgrad
 from jgrad import analyze
 from jgrad.experiments import provenance, save_json
+from jgrad.experiments._bench import matmul_gflops, median_time
 
 GRID = [(32, 256, 16), (128, 128, 16)]
 QUICK = [(4, 16, 2)]
 WEIGHT_VAR, BIAS_VAR = 1.5, 0.05
 
 
-def _median(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    med = statistics.median(ts)
-    q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
-    return med, (q[2] - q[0]) / med
-
-
-def matmul_gflops(repeats):
-    n = 2048
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    f = jax.jit(jnp.dot)
-    t, _ = _median(lambda: f(a, a).block_until_ready(), repeats)
-    return 2 * n**3 / t / 1e9
-
-
 def time_jit(fn, args, repeats):
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     comp = time.perf_counter() - t0
-    t, iqr = _median(lambda: jax.block_until_ready(compiled(*args)), repeats)
+    t, iqr = median_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
     return {"seconds": t, "iqr": iqr, "compile_seconds": comp}, compiled(*args)
 
 
@@ -90,7 +70,7 @@ def torch_case(params, xs, repeats, threads):
         with torch.no_grad():
             return torch.linalg.svdvals(vmap(jacrev(f))(x))
 
-    t, iqr = _median(run, repeats)
+    t, iqr = median_time(run, repeats)
     return {"seconds": t, "iqr": iqr, "compile_seconds": None}
 
 

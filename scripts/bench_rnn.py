@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -26,37 +25,18 @@ import numpy as np
 import jgrad
 from jgrad import rnn
 from jgrad.experiments import provenance, save_json
+from jgrad.experiments._bench import matmul_gflops, median_time
 
 GRID = [(32, 128, 128, 256), (32, 512, 64, 128), (8, 1024, 32, 64)]
 QUICK = [(4, 16, 8, 16)]
 
 
-SPREADS: dict[int, float] = {}  # id of the last timed function -> relative IQR
+SPREADS: dict[str, float] = {}  # "last": relative IQR of the last timed function
 
 
 def _median_time(fn, repeats):
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    med = statistics.median(ts)
-    q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
-    SPREADS["last"] = (q[2] - q[0]) / med  # interquartile range relative to the median
+    med, SPREADS["last"] = median_time(fn, repeats)  # relative IQR kept for the table
     return med
-
-
-def matmul_gflops(repeats: int) -> float:
-    """float32 matmul rate of XLA on this machine (2048^3)."""
-    # (its spread is not reported)
-    n = 2048
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    b = jax.random.normal(jax.random.key(1), (n, n))
-    f = jax.jit(jnp.dot)
-    f(a, b).block_until_ready()
-    t = _median_time(lambda: f(a, b).block_until_ready(), repeats)
-    return 2 * n**3 / t / 1e9
 
 
 def gate_mult(kind):

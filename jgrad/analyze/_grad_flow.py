@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jgrad.analyze._products import vec_norm
 from jgrad.nn._layer import Layer
 
 __all__ = ["GradFlow", "layer_grad_norms", "net_layers"]
@@ -127,10 +128,9 @@ def layer_grad_norms(
     loss, g = jax.value_and_grad(loss_fn)(hs[-1])
 
     def norm(v):
-        # Scale by max|v| first: squaring a 1e-20 entry would itself underflow float32.
-        m = jnp.max(jnp.abs(v))
-        safe = jnp.where(m > 0, m, 1.0)
-        return jnp.where(m > 0, m * jnp.sqrt(jnp.sum(jnp.square(v / safe))), 0.0)
+        return vec_norm(
+            jnp.ravel(v)
+        )  # max-scaled: squaring tiny entries cannot underflow
 
     raw = g
     n = norm(g)

@@ -126,6 +126,35 @@ def as_layers(net: Any) -> tuple[tuple[Layer, ...], tuple[int, ...]]:
     )
 
 
+def resolve_net(net: Any, params: Any, blocks: bool):
+    """(layers, params, block ends) of ``net``, validated. The ends always include the last
+    layer (a trailing readout is one more block); ``blocks=False`` makes every layer one."""
+    layers, ends = as_layers(net)
+    if (
+        isinstance(net, Layer)
+        and not hasattr(net, "layers")
+        and not (isinstance(params, (tuple, list)) and len(params) == 1)
+    ):
+        params = (params,)  # a single layer's own params (or them in a one-entry list)
+    if not isinstance(params, (tuple, list)) or len(params) != len(layers):
+        got = (
+            len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+        )
+        raise ValueError(
+            f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
+            "params returned by net.init."
+        )
+    ends = tuple(range(len(layers))) if not blocks else tuple(sorted(set(ends)))
+    if not ends or ends[-1] != len(layers) - 1:
+        ends = ends + (len(layers) - 1,)
+    return layers, params, ends
+
+
+def split_keys(key, n):
+    """One key per layer, split as ``serial`` does (None when ``key`` is None)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
 def _couples_examples(layer: Layer) -> bool:
     if getattr(layer.apply, "couples_examples", False):
         return True
@@ -260,11 +289,7 @@ def _layer_jacobian(layer, p, h, *, train, key, chunk_size):
 
 
 def _serial_jacobian(layers, params, h, *, train, key, chunk_size):
-    keys = (
-        [None] * len(layers)
-        if key is None
-        else list(jax.random.split(key, len(layers)))
-    )
+    keys = split_keys(key, len(layers))
     j = None
     for layer, p, k in zip(layers, params, keys, strict=True):
         jl, h = _layer_jacobian(layer, p, h, train=train, key=k, chunk_size=chunk_size)
@@ -329,21 +354,7 @@ def layer_jacobians(
         >>> [j.shape for j in jac.mats], int(jac.first_nonfinite)
         ([(4, 4), (4, 4), (4, 4)], -1)
     """
-    layers, ends = as_layers(net)
-    if (
-        isinstance(net, Layer)
-        and not hasattr(net, "layers")
-        and not (isinstance(params, (tuple, list)) and len(params) == 1)
-    ):
-        params = (params,)  # a single layer's own params (or them in a one-entry list)
-    if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-        got = (
-            len(params) if isinstance(params, (tuple, list)) else type(params).__name__
-        )
-        raise ValueError(
-            f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
-            "params returned by net.init."
-        )
+    layers, params, ends = resolve_net(net, params, blocks)
     if chunk_size is not None:
         _checks.positive_int("chunk_size", chunk_size)
     if train and not batch_jacobian and any(_couples_examples(lay) for lay in layers):
@@ -358,16 +369,7 @@ def layer_jacobians(
         raise ValueError(
             f"`x` must be a batch (B, ...) with batch_jacobian=True, got shape {x.shape}."
         )
-    if not blocks:
-        ends = tuple(range(len(layers)))
-    ends = tuple(sorted(set(ends)))
-    if not ends or ends[-1] != len(layers) - 1:
-        ends = ends + (len(layers) - 1,)
-    keys = (
-        [None] * len(layers)
-        if key is None
-        else list(jax.random.split(key, len(layers)))
-    )
+    keys = split_keys(key, len(layers))
     mats, hs = [], [x]
     start = 0
     h = x

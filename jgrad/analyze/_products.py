@@ -64,20 +64,31 @@ class LogMatrix(NamedTuple):
         return jnp.exp(self.log_scale)[..., None, None] * self.matrix
 
 
+def safe_log(x):
+    """log x, with log 0 = -inf and no NaN gradient or warning path."""
+    return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), -jnp.inf)
+
+
+def vec_norm(v, axis=-1):
+    """Euclidean norm over ``axis``, scaled by max|v| first so it cannot under- or
+    overflow (squaring a 1e-20 entry would underflow float32)."""
+    a = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
+    safe = jnp.where(a > 0, a, 1.0)
+    n = a * jnp.sqrt(jnp.sum(jnp.square(v / safe), axis=axis, keepdims=True))
+    return jnp.squeeze(n, axis=axis)
+
+
 def _fro(m):
     """Frobenius norm over the last two axes, scaled by max|m| first so it cannot
     underflow or overflow."""
-    a = jnp.max(jnp.abs(m), axis=(-2, -1), keepdims=True)
-    safe = jnp.where(a > 0, a, 1.0)
-    n = a * jnp.sqrt(jnp.sum(jnp.square(m / safe), axis=(-2, -1), keepdims=True))
-    return n[..., 0, 0]
+    return vec_norm(m, axis=(-2, -1))
 
 
 def _normalize(m, log_scale):
     n = _fro(m)
     ok = n > 0
     m = m / jnp.where(ok, n, 1.0)[..., None, None]
-    return m, log_scale + jnp.where(ok, jnp.log(jnp.where(ok, n, 1.0)), -jnp.inf)
+    return m, log_scale + safe_log(n)
 
 
 def _as_mats(jacobians: Any, name: str = "jacobians"):

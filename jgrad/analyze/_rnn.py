@@ -40,9 +40,11 @@ from jgrad.analyze._products import (
     _normalize,
     log_singular_values,
     output_products,
+    safe_log,
+    vec_norm,
 )
 from jgrad.rnn._cell import Cell, LSTMState
-from jgrad.rnn._unroll import _validate, unroll
+from jgrad.rnn._unroll import _validate
 
 __all__ = [
     "flatten_carry",
@@ -84,7 +86,12 @@ def _states(cell, params, xs, carry0):
     _check_cell(cell)
     _validate(cell, params, xs, carry0, None, 1, None, "value")
     xp = cell.input_proj(params, xs)
-    _, _, carries = unroll(cell, params, xs, carry0, return_carries=True)
+
+    def body(c, xp_t):
+        new, _ = cell.step(params, c, xp_t)
+        return new, new
+
+    _, carries = jax.lax.scan(body, carry0, xp)  # unroll's loop, reusing xp
     s_next = flatten_carry(carries)
     s0 = flatten_carry(carry0)
     s_prev = jnp.concatenate([s0[None], s_next[:-1]], axis=0)
@@ -209,16 +216,6 @@ class TimeGradFlow(NamedTuple):
     loss: jax.Array
 
 
-def _norm(v):
-    m = jnp.max(jnp.abs(v))
-    safe = jnp.where(m > 0, m, 1.0)
-    return jnp.where(m > 0, m * jnp.sqrt(jnp.sum(jnp.square(v / safe))), 0.0)
-
-
-def _safe_log(x):
-    return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), -jnp.inf)
-
-
 def rnn_grad_norms(
     cell: Cell,
     params: dict,
@@ -255,27 +252,27 @@ def rnn_grad_norms(
         d_t, s_prev_t, xp_t = inp
         total_log = log_s  # u has unit norm (or is 0)
         # dL/ds_t = direct_t + (back-propagated part); combine in log space.
-        nd = _norm(d_t)
-        m = jnp.maximum(total_log, _safe_log(nd))
+        nd = vec_norm(d_t)
+        m = jnp.maximum(total_log, safe_log(nd))
         m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
         w = u * jnp.exp(
             jnp.where(jnp.isfinite(total_log), total_log - m_safe, -jnp.inf)
         )
         # d_t / m would overflow when m < log(tiny); scale the unit vector instead.
         d_unit = d_t / jnp.where(nd > 0, nd, 1.0)
-        w = w + d_unit * jnp.exp(jnp.where(nd > 0, _safe_log(nd) - m_safe, -jnp.inf))
-        nw = _norm(w)
+        w = w + d_unit * jnp.exp(jnp.where(nd > 0, safe_log(nd) - m_safe, -jnp.inf))
+        nw = vec_norm(w)
         u_t = jnp.where(nw > 0, w / jnp.where(nw > 0, nw, 1.0), w)
-        log_t = jnp.where(jnp.isfinite(m), m_safe + _safe_log(nw), -jnp.inf)
+        log_t = jnp.where(jnp.isfinite(m), m_safe + safe_log(nw), -jnp.inf)
         raw_t = raw + d_t
-        out = (log_t, _norm(raw_t), jnp.all(raw_t == 0))
+        out = (log_t, vec_norm(raw_t), jnp.all(raw_t == 0))
         # Pull back through step t to dL/ds_{t-1}.
         _, pull = jax.vjp(lambda s: f(s, xp_t), s_prev_t)
         (v,) = pull(u_t)
-        nv = _norm(v)
+        nv = vec_norm(v)
         u_prev = jnp.where(nv > 0, v / jnp.where(nv > 0, nv, 1.0), v)
         (raw_prev,) = pull(raw_t)
-        return (u_prev, log_t + _safe_log(nv), raw_prev), out
+        return (u_prev, log_t + safe_log(nv), raw_prev), out
 
     z = jnp.zeros(n, direct.dtype)
     init = (z, jnp.asarray(-jnp.inf, direct.dtype), z)
@@ -285,7 +282,7 @@ def rnn_grad_norms(
     del u0
     ln10 = jnp.log(jnp.asarray(10.0, logs.dtype))
     log10 = jnp.concatenate([log0[None], logs]) / ln10
-    raw_norm = jnp.concatenate([_norm(raw0)[None], raws])
+    raw_norm = jnp.concatenate([vec_norm(raw0)[None], raws])
     zero = jnp.concatenate([jnp.all(raw0 == 0)[None], zeros])
     return TimeGradFlow(
         log10_norm=log10,

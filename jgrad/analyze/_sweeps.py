@@ -21,9 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.analyze._jacobians import _couples_examples, as_layers, warn_first_nonfinite
-from jgrad.analyze._products import LogMatrix, _normalize
-from jgrad.nn._layer import Layer
+from jgrad.analyze._jacobians import (
+    _couples_examples,
+    resolve_net,
+    split_keys,
+    warn_first_nonfinite,
+)
+from jgrad.analyze._products import LogMatrix, _normalize, safe_log, vec_norm
 
 __all__ = [
     "output_sweep",
@@ -36,37 +40,14 @@ __all__ = [
 
 def _blocks(net, params, x, *, blocks, train, key):
     """Forward pass; returns the output and one (jvp, vjp) pair per block."""
-    layers, ends = as_layers(net)
-    if (
-        isinstance(net, Layer)
-        and not hasattr(net, "layers")
-        and not (isinstance(params, (tuple, list)) and len(params) == 1)
-    ):
-        params = (params,)  # a single layer's own params (or them in a one-entry list)
-    if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-        got = (
-            len(params) if isinstance(params, (tuple, list)) else type(params).__name__
-        )
-        raise ValueError(
-            f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
-            "params returned by net.init."
-        )
+    layers, params, ends = resolve_net(net, params, blocks)
     if train and any(_couples_examples(lay) for lay in layers):
         raise ValueError(
             "`train` must be False for a network with batch norm in these sweeps, got "
             "True: batch norm couples the examples. Use layer_jacobians(..., "
             "batch_jacobian=True) for its batch Jacobian."
         )
-    if not blocks:
-        ends = tuple(range(len(layers)))
-    ends = tuple(sorted(set(ends)))
-    if not ends or ends[-1] != len(layers) - 1:
-        ends = ends + (len(layers) - 1,)
-    keys = (
-        [None] * len(layers)
-        if key is None
-        else list(jax.random.split(key, len(layers)))
-    )
+    keys = split_keys(key, len(layers))
     h = jnp.asarray(x)
     maps, hs = [], [h]
     start = 0
@@ -132,7 +113,7 @@ def _sweep(net, params, x, *, blocks, train, key):
         a = jnp.max(jnp.abs(m))
         ok = a > 0
         m = m / jnp.where(ok, a, 1.0)
-        s = s + jnp.where(ok, jnp.log(jnp.where(ok, a, 1.0)), -jnp.inf)
+        s = s + safe_log(a)
         mats.append(m)
         logs.append(s)
     return mats[::-1], logs[::-1]
@@ -222,9 +203,9 @@ def _push_fwd(maps, vs, logs, start):
         a, k = cur.shape[0], cur.shape[1]
         flat = cur.reshape((a * k,) + in_shape)
         out = jax.vmap(jvp)(flat).reshape((a, k, -1))
-        n = _vec_norm(out)
+        n = vec_norm(out)
         cur = (out / jnp.where(n > 0, n, 1.0)[..., None]).reshape((a, k) + out_shape)
-        cur_log = cur_log + _safe_log(n)
+        cur_log = cur_log + safe_log(n)
     return cur.reshape(cur.shape[:2] + (-1,)), cur_log
 
 
@@ -240,22 +221,12 @@ def _pull_back(maps, us, logs):
         a, k = cur.shape[0], cur.shape[1]
         flat = cur.reshape((a * k,) + out_shape)
         out = jax.vmap(vjp)(flat).reshape((a, k, -1))
-        n = _vec_norm(out)
+        n = vec_norm(out)
         out = out / jnp.where(n > 0, n, 1.0)[..., None]
-        lg = cur_log + _safe_log(n)
+        lg = cur_log + safe_log(n)
         res[m], res_log[m] = out[m], lg[m]
         cur, cur_log = out[:m].reshape((m, k) + in_shape), lg[:m]
     return res, jnp.stack(res_log)
-
-
-def _vec_norm(v):
-    a = jnp.max(jnp.abs(v), axis=-1)
-    safe = jnp.where(a > 0, a, 1.0)
-    return a * jnp.sqrt(jnp.sum(jnp.square(v / safe[..., None]), axis=-1))
-
-
-def _safe_log(x):
-    return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), -jnp.inf)
 
 
 def output_norm_estimates(
@@ -309,9 +280,9 @@ def output_norm_estimates(
     for m in range(L - 1, -1, -1):
         _, vjp, in_shape, out_shape = maps[m]
         out = jax.vmap(vjp)(cur.reshape((probes,) + out_shape)).reshape((probes, -1))
-        n = _vec_norm(out)
+        n = vec_norm(out)
         cur = out / jnp.where(n > 0, n, 1.0)[:, None]
-        cur_log = cur_log + _safe_log(n)
+        cur_log = cur_log + safe_log(n)
         back_log[m] = cur_log
         back_vec[m] = cur
     # ||P_l^T g_i||^2 = exp(2 log) (the swept vectors are unit-norm)
