@@ -17,6 +17,13 @@ For each (L, N, B) (depth, width, examples), in one run:
 
 Times are medians of ``--repeats`` runs after a warm-up (compile time reported separately).
 
+``--blas-threads`` (default 1) sets ``OPENBLAS_NUM_THREADS`` before numpy and jax load, for
+every JAX case of the run, the naive baselines included. JAX's CPU SVD is LAPACK ``gesdd``
+from scipy's OpenBLAS, whose worker threads spin while XLA's own thread pool runs the
+matmuls: on a 2-core machine the SVD of 16 256 x 256 matrices takes 50-60 ms with
+OpenBLAS's default threads and 25-30 ms with one. ``--blas-threads default`` leaves the
+environment alone (what a user who never set it gets). torch sets its own threads.
+
     python scripts/bench_jacobian.py                  # the grid, writes runs/bench_jacobian.json
     python scripts/bench_jacobian.py --quick          # one small shape (a smoke run)
 """
@@ -28,14 +35,29 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 
-import jgrad
-from jgrad import analyze
-from jgrad.experiments import provenance, save_json
-from jgrad.experiments._bench import matmul_gflops, median_time
+def _blas_threads(argv):
+    """The --blas-threads value, read before numpy/jax load (OpenBLAS reads it once)."""
+    for i, a in enumerate(argv):
+        if a.startswith("--blas-threads="):
+            return a.split("=", 1)[1]
+        if a == "--blas-threads" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "1"
+
+
+if __name__ == "__main__" and _blas_threads(sys.argv[1:]) != "default":
+    os.environ["OPENBLAS_NUM_THREADS"] = _blas_threads(sys.argv[1:])
+
+# imported after the OPENBLAS_NUM_THREADS setting above
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jgrad  # noqa: E402
+from jgrad import analyze  # noqa: E402
+from jgrad.experiments import provenance, save_json  # noqa: E402
+from jgrad.experiments._bench import matmul_gflops, median_time  # noqa: E402
 
 GRID = [(32, 256, 16), (128, 128, 16)]
 QUICK = [(4, 16, 2)]
@@ -85,6 +107,12 @@ def main(argv=None):
     )
     ap.add_argument("--out", default="runs/bench_jacobian.json")
     ap.add_argument(
+        "--blas-threads",
+        default="1",
+        help="OPENBLAS_NUM_THREADS for the run, or 'default' to leave it unset "
+        "(read at process start; see the module docstring)",
+    )
+    ap.add_argument(
         "--shapes", default=None, help="comma-separated L:N:B shapes (default the grid)"
     )
     args = ap.parse_args(argv)
@@ -93,8 +121,10 @@ def main(argv=None):
         grid = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
     threads = os.cpu_count() or 1
     peak = matmul_gflops(args.repeats)
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
     print(
-        f"float32 matmul peak (XLA, 2048^3): {peak:.1f} GFLOP/s; torch threads {threads}"
+        f"float32 matmul peak (XLA, 2048^3): {peak:.1f} GFLOP/s; torch threads {threads}; "
+        f"OPENBLAS_NUM_THREADS={blas}"
     )
     rows = []
     for L, N, B in grid:
@@ -288,6 +318,7 @@ def main(argv=None):
             "command": "python scripts/bench_jacobian.py "
             + " ".join(argv or sys.argv[1:]),
             "matmul_peak_gflops": peak,
+            "openblas_num_threads": blas,
             "torch_threads": threads,
             "provenance": provenance(),
             "jgrad": jgrad.__version__,

@@ -23,11 +23,13 @@ import jax.numpy as jnp
 from jgrad import _checks
 from jgrad.analyze._jacobians import (
     _couples_examples,
+    _serial_jacobian,
+    _to_full,
     resolve_net,
     split_keys,
     warn_first_nonfinite,
 )
-from jgrad.analyze._products import LogMatrix, _normalize, safe_log, vec_norm
+from jgrad.analyze._products import LogMatrix, _normalize, safe_log, svdvals, vec_norm
 
 __all__ = [
     "output_sweep",
@@ -38,8 +40,23 @@ __all__ = [
 ]
 
 
+_CLOSED_KINDS = ("dense", "elementwise")
+
+
+def _closed_form(layer) -> bool:
+    """Whether ``_serial_jacobian`` has a closed form (no autodiff) for this layer."""
+    kind = getattr(layer.apply, "kind", None)
+    if kind == "residual":
+        return _closed_form(layer.apply.block)
+    if hasattr(layer, "layers"):
+        return all(_closed_form(sub) for sub in layer.layers)
+    return kind in _CLOSED_KINDS
+
+
 def _blocks(net, params, x, *, blocks, train, key):
-    """Forward pass; returns the output and one (jvp, vjp) pair per block."""
+    """Forward pass; returns one (jvp, vjp, in_shape, out_shape, jac) per block and the
+    trajectory. ``jac()`` is the block's Jacobian in closed form, or None when it has none
+    (then the sweep pulls the identity back through the VJP)."""
     layers, params, ends = resolve_net(net, params, blocks)
     if train and any(_couples_examples(lay) for lay in layers):
         raise ValueError(
@@ -62,7 +79,21 @@ def _blocks(net, params, x, *, blocks, train, key):
         h_in = h
         h, jvp = jax.linearize(block, h_in)
         vjp = jax.linear_transpose(jvp, h_in)
-        maps.append((jvp, lambda c, vjp=vjp: vjp(c)[0], h_in.shape, h.shape))
+        jac = None
+        if h_in.ndim == 1 and all(_closed_form(lay) for lay in layers[seg]):
+
+            def jac(seg=seg, h_in=h_in):
+                j, _ = _serial_jacobian(
+                    layers[seg],
+                    params[seg],
+                    h_in,
+                    train=train,
+                    key=None,
+                    chunk_size=None,
+                )
+                return _to_full(j)
+
+        maps.append((jvp, lambda c, vjp=vjp: vjp(c)[0], h_in.shape, h.shape, jac))
         hs.append(h)
         start = end + 1
     bad = jnp.stack([~jnp.all(jnp.isfinite(v)) for v in hs])
@@ -105,11 +136,16 @@ def _sweep(net, params, x, *, blocks, train, key):
     plain ``jax.jacrev``; the scale convention does not change singular values."""
     maps, hs = _blocks(net, params, x, blocks=blocks, train=train, key=key)
     y = hs[-1]
-    m = jnp.eye(y.size, dtype=y.dtype)
+    m = None
     s = jnp.zeros((), y.dtype)
     mats, logs = [], []
-    for _, vjp, _, out_shape in reversed(maps):
-        m = jax.vmap(lambda r, vjp=vjp, o=out_shape: vjp(r.reshape(o)).ravel())(m)
+    for _, vjp, _, out_shape, jac in reversed(maps):
+        if m is None and jac is not None:  # the last block: its Jacobian, no matmul
+            m = jac().reshape(y.size, -1)
+        else:
+            if m is None:
+                m = jnp.eye(y.size, dtype=y.dtype)
+            m = jax.vmap(lambda r, vjp=vjp, o=out_shape: vjp(r.reshape(o)).ravel())(m)
         a = jnp.max(jnp.abs(m))
         ok = a > 0
         m = m / jnp.where(ok, a, 1.0)
@@ -123,12 +159,9 @@ def _spectra(mats, logs):
     """Log singular values of exp(log) * mat, one batched SVD per group of equal shapes."""
     shapes = {m.shape for m in mats}
     if len(shapes) == 1:
-        sv = jnp.linalg.svd(jnp.stack(mats), compute_uv=False)
+        sv = svdvals(jnp.stack(mats))
         return tuple(jnp.log(sv) + jnp.stack(logs)[:, None])
-    return tuple(
-        jnp.log(jnp.linalg.svd(m, compute_uv=False)) + s
-        for m, s in zip(mats, logs, strict=True)
-    )
+    return tuple(jnp.log(svdvals(m)) + s for m, s in zip(mats, logs, strict=True))
 
 
 def output_spectra(
@@ -163,7 +196,7 @@ def input_output_spectrum(
     """Log singular values of the input-output Jacobian ``d y / d x`` (rescaled, exact
     top singular values at any depth), by one rescaled reverse sweep and one SVD."""
     mats, logs = _sweep(net, params, x, blocks=True, train=train, key=key)
-    return jnp.log(jnp.linalg.svd(mats[0], compute_uv=False)) + logs[0]
+    return jnp.log(svdvals(mats[0])) + logs[0]
 
 
 class NormEstimates(NamedTuple):
@@ -194,7 +227,7 @@ def _push_fwd(maps, vs, logs, start):
     L = len(maps)
     cur, cur_log = None, None
     for m in range(start, L):
-        jvp, _, in_shape, out_shape = maps[m]
+        jvp, _, in_shape, out_shape, _ = maps[m]
         v_new = vs[m].reshape((-1,) + in_shape)
         add = v_new[None]
         lg = logs[m][None]
@@ -217,7 +250,7 @@ def _pull_back(maps, us, logs):
     res, res_log = [None] * L, [None] * L
     cur, cur_log = us, logs
     for m in range(L - 1, -1, -1):
-        _, vjp, in_shape, out_shape = maps[m]
+        _, vjp, in_shape, out_shape, _ = maps[m]
         a, k = cur.shape[0], cur.shape[1]
         flat = cur.reshape((a * k,) + out_shape)
         out = jax.vmap(vjp)(flat).reshape((a, k, -1))
@@ -278,7 +311,7 @@ def output_norm_estimates(
     back_log = [None] * L
     back_vec = [None] * L
     for m in range(L - 1, -1, -1):
-        _, vjp, in_shape, out_shape = maps[m]
+        _, vjp, in_shape, out_shape, _ = maps[m]
         out = jax.vmap(vjp)(cur.reshape((probes,) + out_shape)).reshape((probes, -1))
         n = vec_norm(out)
         cur = out / jnp.where(n > 0, n, 1.0)[:, None]
