@@ -25,6 +25,13 @@ def positive_int(name: str, value: Any, fix: str | None = None) -> int:
     return value
 
 
+def non_negative_int(name: str, value: Any, fix: str | None = None) -> int:
+    """Returns ``value`` if it is an int >= 0, else raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail(name, "a non-negative integer", value, fix or f"Pass e.g. {name}=2.")
+    return value
+
+
 def non_negative(name: str, value: Any, fix: str | None = None) -> float:
     """Returns ``float(value)`` if it is a finite real >= 0, else raises ValueError."""
     try:

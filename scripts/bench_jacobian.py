@@ -11,9 +11,10 @@ For each (L, N, B) (depth, width, examples), in one run:
 (b) all L layer-to-output spectra (d y / d h_l for every l): naive = one jacrev per layer
     (of the sub-network from h_l) + SVD, in one jit; jgrad ``output_spectra``. Floor: one sweep
     of products (L matmuls) + the measured SVD of the L B product matrices.
-(c) cheap summaries of every d y / d h_l: ``output_norm_estimates`` (Lanczos spectral norm +
-    Hutchinson mean squared singular value), its time over the naive all-layers time, and its
-    accuracy against the exact values from (b).
+(c) cheap summaries of every d y / d h_l: ``output_norm_estimates`` (shared block-Krylov
+    output space + tail Lanczos for the spectral norm, Hutch++ for the mean squared singular
+    value) at the ``--settings`` given, and ``output_norms`` (explicit products); their time
+    over the naive all-layers time, and their accuracy against the exact values from (b).
 
 Times are medians of ``--repeats`` runs after a warm-up (compile time reported separately).
 
@@ -102,8 +103,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
         "--settings",
-        default="6:32,2:16",
-        help="(c) settings to time, comma-separated ITERS:PROBES (Lanczos steps, probes)",
+        default="8:2:32:16:6,8:1:16:8:4",
+        help="(c) output_norm_estimates settings to time, comma-separated "
+        "RANK:POWER:PROBES:TAIL:ITERS",
     )
     ap.add_argument("--out", default="runs/bench_jacobian.json")
     ap.add_argument(
@@ -211,12 +213,13 @@ def main(argv=None):
         ex_ms = analyze.spectrum_stats(exact).log_mean_sq
         accuracy = {}
         for setting in args.settings.split(","):
-            iters, probes = (int(v) for v in setting.split(":"))
-            name = f"c: jgrad output_norm_estimates {iters}:{probes}"
+            names = ("rank", "power", "probes", "tail", "iters")
+            kw = dict(zip(names, (int(v) for v in setting.split(":")), strict=True))
+            name = f"c: jgrad output_norm_estimates {setting}"
             res[name], est = time_jit(
                 jax.vmap(
-                    lambda x, k, i=iters, p=probes: analyze.output_norm_estimates(
-                        net, params, x, k, iters=i, probes=p
+                    lambda x, k, kw=kw: analyze.output_norm_estimates(
+                        net, params, x, k, **kw
                     )
                 ),
                 (xs, keys),
@@ -224,7 +227,7 @@ def main(argv=None):
             )
             sn = np.abs(np.expm1(np.asarray(est.log_spectral_norm - ex_sn)))
             ms = np.abs(np.expm1(np.asarray(est.log_mean_sq - ex_ms)))
-            accuracy[f"estimates {setting} (Lanczos steps:probes)"] = {
+            accuracy[f"estimates {setting} (rank:power:probes:tail:iters)"] = {
                 "sn_rel_err_median": float(np.median(sn)),
                 "sn_rel_err_max": float(np.max(sn)),
                 "ms_rel_err_median": float(np.median(ms)),

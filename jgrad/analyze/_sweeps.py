@@ -156,11 +156,12 @@ def _sweep(net, params, x, *, blocks, train, key):
 
 
 def _spectra(mats, logs):
-    """Log singular values of exp(log) * mat, one batched SVD per group of equal shapes."""
-    shapes = {m.shape for m in mats}
-    if len(shapes) == 1:
-        sv = svdvals(jnp.stack(mats))
-        return tuple(jnp.log(sv) + jnp.stack(logs)[:, None])
+    """Log singular values of exp(log) * mat, one SVD call per product.
+
+    Not one SVD of the stacked products: stacking copies all L products (L n^2 floats per
+    example, 128 MB for L = 32, n = 256, 16 examples) into a fresh buffer, and on CPU
+    touching that much new memory costs as much as several SVDs; per-product calls also
+    let XLA free each product once its singular values are taken."""
     return tuple(jnp.log(svdvals(m)) + s for m, s in zip(mats, logs, strict=True))
 
 
@@ -175,8 +176,8 @@ def output_spectra(
 ) -> tuple[jax.Array, ...]:
     """Log singular values (natural log, descending) of every ``d y / d h_l``.
 
-    One backward sweep (:func:`output_sweep`) and one batched SVD (singular values only)
-    over the products of equal shape. Exact at any depth for the top singular values; those
+    One backward sweep (:func:`output_sweep`) and one SVD (singular values only) per
+    product. Exact at any depth for the top singular values; those
     below ``sigma_max * eps`` are lost (the rescaled method; see ``log_singular_values``).
 
     Returns:
@@ -200,19 +201,18 @@ def input_output_spectrum(
 
 
 class NormEstimates(NamedTuple):
-    """Cheap estimates for every layer-to-output product ``P_l = d y / d h_l``.
+    """Spectral norm and mean squared singular value of every ``P_l = d y / d h_l``.
 
     Attributes:
-        log_spectral_norm: ``(L,)`` natural log of sigma_max(P_l), from ``iters`` Lanczos
-            steps on ``P_l^T P_l`` (a lower bound that converges from below; the Ritz value
-            of a Krylov space of dimension ``iters``).
-        log_mean_sq: ``(L,)`` natural log of ``tr(P_l P_l^T) / min(m, n)`` (the mean squared
-            singular value), estimated with ``probes`` Gaussian probes (Hutchinson). Its
-            relative standard error is ``sqrt(2 sum sigma^4) / sum sigma^2 / sqrt(probes)``:
-            ``sqrt(2 / (probes r))`` for a flat spectrum but up to ``sqrt(2 / probes)`` when
-            one singular value dominates (deep products); see ``mean_sq_rel_err``.
-        mean_sq_rel_err: ``(L,)`` the relative standard error of ``exp(log_mean_sq)``
-            estimated from the probes' own spread.
+        log_spectral_norm: ``(L,)`` natural log of sigma_max(P_l). From
+            :func:`output_norm_estimates`: a Rayleigh-Ritz value, a lower bound that is
+            exact when the Krylov spaces contain the top singular vectors; from
+            :func:`output_norms`: Lanczos on the explicit product.
+        log_mean_sq: ``(L,)`` natural log of ``tr(P_l P_l^T) / min(m, n)`` (the mean
+            squared singular value): exact from :func:`output_norms`, an unbiased
+            Hutch++ estimate from :func:`output_norm_estimates`.
+        mean_sq_rel_err: ``(L,)`` the relative standard error of ``exp(log_mean_sq)``,
+            estimated from the probes' own spread (0 where exact).
     """
 
     log_spectral_norm: jax.Array
@@ -262,96 +262,199 @@ def _pull_back(maps, us, logs):
     return res, jnp.stack(res_log)
 
 
+def _pull_rows(maps, rows):
+    """One backward sweep of the rows (k, size(y)) at the output: P_l^T r for every l.
+
+    Returns a list of L arrays (k, size(h_l)) of unit rows and a list of L (k,) logs of
+    their norms."""
+    L = len(maps)
+    cur = rows
+    lg = jnp.zeros(rows.shape[0], rows.dtype)
+    vecs, logs = [None] * L, [None] * L
+    for m in range(L - 1, -1, -1):
+        _, vjp, _, out_shape, _ = maps[m]
+        out = jax.vmap(vjp)(cur.reshape((-1,) + out_shape)).reshape((cur.shape[0], -1))
+        n = vec_norm(out)
+        cur = out / jnp.where(n > 0, n, 1.0)[:, None]
+        lg = lg + safe_log(n)
+        vecs[m], logs[m] = cur, lg
+    return vecs, logs
+
+
+def _push_sum(maps, zs, zlogs):
+    """sum_l exp(zlogs[l]) * P_l z_l for every row, in ONE forward sweep.
+
+    The terms are added as the sweep passes h_l (linearity), each rescaled in log space;
+    returns the (k, size(y)) sums, each row up to a positive factor (which the caller's
+    orthonormalisation ignores)."""
+    acc = al = None
+    for m, (jvp, _, in_shape, _, _) in enumerate(maps):
+        t, tl = zs[m], zlogs[m]
+        if acc is None:
+            acc, al = t, tl
+        else:
+            mx = jnp.maximum(al, tl)
+            mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
+            acc = acc * jnp.exp(al - mx)[:, None] + t * jnp.exp(tl - mx)[:, None]
+            al = mx
+        out = jax.vmap(jvp)(acc.reshape((-1,) + in_shape)).reshape((acc.shape[0], -1))
+        n = vec_norm(out)
+        acc = out / jnp.where(n > 0, n, 1.0)[:, None]
+        al = al + safe_log(n)
+    return acc
+
+
+def _top_eig(g, squarings=6):
+    """Top eigenvalue and eigenvector of the PSD matrix g (r, r), by repeated squaring
+    (g^(2^squarings), trace-normalised) and a Rayleigh quotient. The quotient lies in
+    [lambda_2, lambda_1] and is within lambda_1 (lambda_j / lambda_1)^(2^squarings) of
+    lambda_1 for every other eigenvalue lambda_j: exact to float precision unless the top
+    eigenvalues are nearly equal, and then close to lambda_1 anyway."""
+    tiny = jnp.finfo(g.dtype).tiny
+    m = g / jnp.maximum(jnp.trace(g), tiny)
+    for _ in range(squarings):
+        m = m @ m
+        m = m / jnp.maximum(jnp.trace(m), tiny)
+    v = m[:, jnp.argmax(jnp.diagonal(m))]
+    v = v / jnp.maximum(jnp.linalg.norm(v), tiny)
+    return jnp.maximum(v @ g @ v, 0.0), v
+
+
 def output_norm_estimates(
     net: Any,
     params: Any,
     x: jax.Array,
     key: jax.Array,
     *,
-    iters: int = 6,
+    rank: int = 8,
+    power: int = 2,
     probes: int = 32,
+    tail: int = 16,
+    iters: int = 6,
     blocks: bool = True,
     train: bool = False,
     dropout_key: jax.Array | None = None,
 ) -> NormEstimates:
-    """Spectral norm and mean squared singular value of every ``d y / d h_l``, cheaply.
+    """Spectral norm and mean squared singular value of every ``P_l = d y / d h_l``,
+    cheaply: no Jacobian or product is formed, only sweeps of a few vectors.
 
-    No Jacobian or product is formed. The mean squared singular value comes from one
-    backward sweep of ``probes`` Gaussian vectors (Hutchinson:
-    ``E ||P_l^T g||^2 = tr(P_l P_l^T)``). The spectral norm comes from ``iters`` Lanczos
-    steps on ``P_l^T P_l`` for all l at once, each step one forward sweep of JVPs and one
-    backward sweep of VJPs, each vector rescaled in log space at every block. Lanczos gives
-    the top eigenvalue of a Krylov space, a lower bound on sigma_max^2 that converges fast
-    when sigma_max is separated from the rest (deep products) and more slowly for flat
-    spectra; its accuracy against the exact value is measured in ``scripts/bench_jacobian.py``
-    and the tests.
+    1. A shared output subspace Q (``rank * (power + 1)`` orthonormal directions in the
+       space of y) by block Krylov iteration with the operator ``sum_l P_l P_l^T / c_l``
+       (``c_l`` a Frobenius estimate, so that every l counts): each application is one
+       backward sweep (``P_l^T U`` at every h_l) and ONE forward sweep that adds the
+       terms ``P_l P_l^T U / c_l`` as it passes h_l, so its cost does not grow with the
+       number of products. The top left singular vectors of the products share most of
+       Q (the left singular vectors of ``J_L ... J_{l+1}`` converge as l decreases).
+    2. One backward sweep of Q gives ``Q^T P_l`` for every l: its top singular value is a
+       lower bound on sigma_max(P_l) (a Rayleigh-Ritz value), close when the top left
+       singular vector of P_l lies in Q.
+    3. Mean squared singular value, as Hutch++ (Meyer et al. 2021) with the shared Q:
+       ``||P_l||_F^2 = ||Q^T P_l||_F^2`` (exact) ``+ ||(I - Q Q^T) P_l||_F^2``, the
+       second by ``probes`` Gaussian probes projected off Q (Hutchinson, unbiased), so
+       the estimator's variance comes only from what Q leaves out.
+    4. The ``tail`` products nearest the output are the shortest and have the flattest
+       spectra, least captured by Q: they get ``iters`` Lanczos steps on ``P_l^T P_l``
+       (forward and backward sweeps over the last ``tail`` blocks only, cost ~ tail^2)
+       started from step 2's top right singular vector; the larger of the two lower
+       bounds is kept.
+
+    When ``rank * (power + 1) >= size(y)``, Q is the whole output space and both values
+    are exact. Accuracy against the exact values of :func:`output_spectra` is measured
+    in ``scripts/bench_jacobian.py`` (docs/benchmarks.md) and the tests; the spectral
+    norm never exceeds the true value (up to rounding).
 
     Args:
         net, params, x: as :func:`output_sweep` (one example).
-        key: PRNG key for the probes and the Lanczos start vectors.
-        iters: Lanczos steps (Krylov dimension), >= 1.
-        probes: Hutchinson probes, >= 1.
+        key: PRNG key for the Krylov start block and the probes.
+        rank: block size of the shared Krylov space, >= 1.
+        power: block Krylov iterations, >= 0 (the space has ``rank * (power + 1)``
+            directions).
+        probes: Hutchinson probes for the part of ``||P_l||_F^2`` off Q, >= 1.
+        tail: number of products nearest the output refined by Lanczos, >= 0.
+        iters: Lanczos steps for those, >= 1.
         blocks, train: as :func:`output_sweep`.
         dropout_key: the dropout key for ``train=True``.
 
     Returns:
         A :class:`NormEstimates`.
+
+    References:
+        Meyer, Musco, Musco & Woodruff 2021, "Hutch++: Optimal Stochastic Trace
+        Estimation"; Musco & Musco 2015, "Randomized Block Krylov Methods for Stronger
+        and Faster Approximate Singular Value Decomposition".
     """
-    _checks.positive_int("iters", iters)
+    _checks.positive_int("rank", rank)
+    _checks.non_negative_int("power", power)
     _checks.positive_int("probes", probes)
+    _checks.non_negative_int("tail", tail)
+    _checks.positive_int("iters", iters)
     maps, hs = _blocks(net, params, x, blocks=blocks, train=train, key=dropout_key)
     L = len(maps)
     y = hs[-1]
+    ny = y.size
     dtype = y.dtype
-    kp, kl = jax.random.split(key)
-    # Hutchinson: probes g at the output, pulled back to every h_l.
-    # One sweep serves every l: P_l^T g is the sweep's value at h_l.
-    cur = jax.random.normal(kp, (probes, y.size), dtype)
-    cur_log = jnp.zeros((probes,), dtype)
-    back_log = [None] * L
-    back_vec = [None] * L
-    for m in range(L - 1, -1, -1):
-        _, vjp, in_shape, out_shape, _ = maps[m]
-        out = jax.vmap(vjp)(cur.reshape((probes,) + out_shape)).reshape((probes, -1))
-        n = vec_norm(out)
-        cur = out / jnp.where(n > 0, n, 1.0)[:, None]
-        cur_log = cur_log + safe_log(n)
-        back_log[m] = cur_log
-        back_vec[m] = cur
-    # ||P_l^T g_i||^2 = exp(2 log) (the swept vectors are unit-norm)
-    sq = 2 * jnp.stack(back_log)
-    r = jnp.asarray([min(y.size, int(jnp.size(h))) for h in hs[:-1]], dtype)
-    log_mean_sq = jax.nn.logsumexp(sq, axis=1) - jnp.log(float(probes)) - jnp.log(r)
-    # Lanczos on A_l = P_l^T P_l / c_l, c_l = ||P_l||_F^2 estimate, for every l at once.
-    log_c = jax.nn.logsumexp(sq, axis=1) - jnp.log(float(probes))
-    ratio = jnp.exp(sq - log_c[:, None])  # per-probe estimates over their mean
-    rel_err = jnp.std(ratio, axis=1, ddof=1 if probes > 1 else 0) / jnp.sqrt(
-        float(probes)
-    )
-    # Start vectors: the top right singular vector of the probes' pull-backs G P_l (a
-    # randomized range finder with `probes` columns), already close to the top right
-    # singular vector of P_l, so that few Lanczos steps suffice even for flat spectra.
-    del kl
-    qs = []
-    for vecs, lg in zip(back_vec, back_log, strict=True):
-        w = jnp.exp(lg - jnp.max(lg))
-        y_l = vecs * jnp.where(jnp.isfinite(w), w, 0.0)[:, None]
-        qs.append(jnp.linalg.svd(y_l, full_matrices=False)[2][0])
-
-    top = _lanczos_top(maps, qs, log_c, iters, dtype)
-    # The products nearest the output have the flattest spectra (slowest convergence) and
-    # the cheapest sweeps (cost ~ (L - l) per step): refine the last quarter with 3x the
-    # steps, at about a fifth of the main loop's cost. Ritz values are lower bounds: keep
-    # the larger.
-    k_tail = max(1, L // 4)
-    if L > 1:
-        tail = _lanczos_top(
-            maps[L - k_tail :], qs[L - k_tail :], log_c[L - k_tail :], 3 * iters, dtype
-        )
-        top = top.at[L - k_tail :].set(jnp.maximum(top[L - k_tail :], tail))
-    log_sn = 0.5 * (jnp.log(jnp.maximum(top, jnp.finfo(dtype).tiny)) + log_c)
+    ku, kg = jax.random.split(key)
+    full = rank * (power + 1) >= ny
+    if full:  # Q spans the output space: exact
+        zs, zlogs = _pull_rows(maps, jnp.eye(ny, dtype=dtype))
+        ys, ylogs = [zs], [zlogs]
+    else:
+        u = jnp.linalg.qr(jax.random.normal(ku, (ny, rank), dtype))[0].T
+        us = [u]
+        zs, zlogs = _pull_rows(maps, u)
+        ys, ylogs = [zs], [zlogs]
+        # c_l: ||P_l||_F^2 ~ (ny / rank) sum_i ||P_l^T u_i||^2
+        log_c = [jax.nn.logsumexp(2 * lg) + jnp.log(ny / rank) for lg in zlogs]
+        for _ in range(power):
+            acc = _push_sum(
+                maps, zs, [lg - c for lg, c in zip(zlogs, log_c, strict=True)]
+            )
+            basis = jnp.concatenate(us)
+            for _ in range(2):  # project off the space so far (twice: re-orthogonalise)
+                acc = acc - (acc @ basis.T) @ basis
+            u = jnp.linalg.qr(acc.T)[0].T
+            us.append(u)
+            zs, zlogs = _pull_rows(maps, u)
+            ys.append(zs)
+            ylogs.append(zlogs)
+        basis = jnp.concatenate(us)
+        g = jax.random.normal(kg, (probes, ny), dtype)
+        g = g - (g @ basis.T) @ basis
+        _, glogs = _pull_rows(maps, g)
+    sn, fro, rel_err, starts = [], [], [], []
+    for i in range(L):
+        rows = jnp.concatenate([z[i] for z in ys])
+        lg = jnp.concatenate([z[i] for z in ylogs])
+        mx = jnp.max(lg)
+        mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
+        rows = rows * jnp.exp(lg - mx)[:, None]  # Q^T P_l / exp(mx)
+        lam, w = _top_eig(rows @ rows.T)
+        sn.append(0.5 * safe_log(lam) + mx)
+        v = rows.T @ w
+        starts.append(v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(dtype).tiny))
+        fro_q = jax.nn.logsumexp(2 * lg)
+        if full:
+            fro.append(fro_q)
+            rel_err.append(jnp.zeros((), dtype))
+        else:
+            per_probe = 2 * glogs[i]  # log ||P_i^T g_j||^2, g_j off Q
+            fro_r = jax.nn.logsumexp(per_probe) - jnp.log(float(probes))
+            tot = jnp.logaddexp(fro_q, fro_r)
+            share = jnp.exp(per_probe - tot)  # each probe's residual over the total
+            sd = jnp.std(share, ddof=1 if probes > 1 else 0)
+            fro.append(tot)
+            rel_err.append(sd / jnp.sqrt(float(probes)))
+    sn, fro = jnp.stack(sn), jnp.stack(fro)
+    t = min(tail, L)
+    if t and not full:
+        top = _lanczos_top(maps[L - t :], starts[L - t :], fro[L - t :], iters, dtype)
+        sn_t = 0.5 * (safe_log(jnp.maximum(top, 0.0)) + fro[L - t :])
+        sn = sn.at[L - t :].set(jnp.maximum(sn[L - t :], sn_t))
+    r = jnp.asarray([min(ny, int(jnp.size(h))) for h in hs[:-1]], dtype)
     return NormEstimates(
-        log_spectral_norm=log_sn, log_mean_sq=log_mean_sq, mean_sq_rel_err=rel_err
+        log_spectral_norm=sn,
+        log_mean_sq=fro - jnp.log(r),
+        mean_sq_rel_err=jnp.stack(rel_err),
     )
 
 
