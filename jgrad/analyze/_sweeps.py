@@ -421,30 +421,39 @@ def output_norm_estimates(
         g = jax.random.normal(kg, (probes, ny), dtype)
         g = g - (g @ basis.T) @ basis
         _, glogs = _pull_rows(maps, g)
-    sn, fro, rel_err, starts = [], [], [], []
-    for i in range(L):
-        rows = jnp.concatenate([z[i] for z in ys])
-        lg = jnp.concatenate([z[i] for z in ylogs])
+    tiny = jnp.finfo(dtype).tiny
+
+    def summary(rows, lg, per_probe):
+        """One product: (log sigma_max lower bound, start vector, log ||P||_F^2, rel err)
+        from its unit rows Q^T P (r, n), their logs (r,), and the probes' logs."""
         mx = jnp.max(lg)
         mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
         rows = rows * jnp.exp(lg - mx)[:, None]  # Q^T P_l / exp(mx)
         lam, w = _top_eig(rows @ rows.T)
-        sn.append(0.5 * safe_log(lam) + mx)
         v = rows.T @ w
-        starts.append(v / jnp.maximum(jnp.linalg.norm(v), jnp.finfo(dtype).tiny))
         fro_q = jax.nn.logsumexp(2 * lg)
-        if full:
-            fro.append(fro_q)
-            rel_err.append(jnp.zeros((), dtype))
-        else:
-            per_probe = 2 * glogs[i]  # log ||P_i^T g_j||^2, g_j off Q
-            fro_r = jax.nn.logsumexp(per_probe) - jnp.log(float(probes))
-            tot = jnp.logaddexp(fro_q, fro_r)
-            share = jnp.exp(per_probe - tot)  # each probe's residual over the total
-            sd = jnp.std(share, ddof=1 if probes > 1 else 0)
-            fro.append(tot)
-            rel_err.append(sd / jnp.sqrt(float(probes)))
-    sn, fro = jnp.stack(sn), jnp.stack(fro)
+        if per_probe is None:
+            return 0.5 * safe_log(lam) + mx, v, fro_q, jnp.zeros((), dtype)
+        fro_r = jax.nn.logsumexp(per_probe) - jnp.log(float(probes))
+        tot = jnp.logaddexp(fro_q, fro_r)
+        share = jnp.exp(per_probe - tot)  # each probe's residual over the total
+        sd = jnp.std(share, ddof=1 if probes > 1 else 0) / jnp.sqrt(float(probes))
+        return 0.5 * safe_log(lam) + mx, v, tot, sd
+
+    rows_l = [jnp.concatenate([z[i] for z in ys]) for i in range(L)]
+    lg_l = [jnp.concatenate([z[i] for z in ylogs]) for i in range(L)]
+    probe_l = [None] * L if full else [2 * g for g in glogs]  # log ||P_l^T g_j||^2
+    if len({r.shape for r in rows_l}) == 1:  # one vmapped summary (compiled once)
+        probes_arg = None if full else jnp.stack(probe_l)
+        sn, starts, fro, rel_err = jax.vmap(summary)(
+            jnp.stack(rows_l), jnp.stack(lg_l), probes_arg
+        )
+        starts = list(starts)
+    else:
+        out = [summary(*a) for a in zip(rows_l, lg_l, probe_l, strict=True)]
+        sn, starts, fro, rel_err = (list(v) for v in zip(*out, strict=True))
+        sn, fro, rel_err = jnp.stack(sn), jnp.stack(fro), jnp.stack(rel_err)
+    starts = [v / jnp.maximum(jnp.linalg.norm(v), tiny) for v in starts]
     t = min(tail, L)
     if t and not full:
         top = _lanczos_top(maps[L - t :], starts[L - t :], fro[L - t :], iters, dtype)
@@ -454,7 +463,7 @@ def output_norm_estimates(
     return NormEstimates(
         log_spectral_norm=sn,
         log_mean_sq=fro - jnp.log(r),
-        mean_sq_rel_err=jnp.stack(rel_err),
+        mean_sq_rel_err=rel_err,
     )
 
 
