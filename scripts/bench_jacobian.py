@@ -103,7 +103,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
         "--settings",
-        default="8:2:32:16:6,8:1:16:8:4",
+        default="8:2:24:12:6,8:2:32:16:6",
         help="(c) output_norm_estimates settings to time, comma-separated "
         "RANK:POWER:PROBES:TAIL:ITERS",
     )
