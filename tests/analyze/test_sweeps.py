@@ -114,12 +114,15 @@ def test_deep_float32_sweep_neither_underflows_nor_loses_the_top_spectrum(getkey
     np.testing.assert_allclose(spec32[:3], spec64[:3], rtol=1e-4)
 
 
-def test_norm_estimates_are_exact_with_full_spaces(getkey):
+@pytest.mark.parametrize("in_dim,out_dim", [(5, None), (3, 2)])  # equal / mixed shapes
+def test_norm_estimates_are_exact_with_full_spaces(in_dim, out_dim, getkey):
     with jax.enable_x64(True):
-        net = nn.mlp(4, 5, activation="tanh", weight_var=2.0, bias_var=0.1)
-        _, params = net.init(getkey(), (5,))
+        net = nn.mlp(
+            4, 5, activation="tanh", weight_var=2.0, bias_var=0.1, out_dim=out_dim
+        )
+        _, params = net.init(getkey(), (in_dim,))
         params = _f64(params)
-        x = jax.random.normal(getkey(), (5,), jnp.float64)
+        x = jax.random.normal(getkey(), (in_dim,), jnp.float64)
         spectra = analyze.output_spectra(net, params, x)
         exact_sn = jnp.stack([s[0] for s in spectra])
         exact_ms = jnp.stack([analyze.spectrum_stats(s).log_mean_sq for s in spectra])
@@ -133,7 +136,7 @@ def test_norm_estimates_are_exact_with_full_spaces(getkey):
         # a one-dimensional shared space, but Lanczos with iters = size on every product:
         # the Ritz value is the top eigenvalue of P^T P exactly
         est = analyze.output_norm_estimates(
-            net, params, x, getkey(), rank=1, power=0, tail=4, iters=5, probes=3
+            net, params, x, getkey(), rank=1, power=0, tail=5, iters=5, probes=3
         )
         np.testing.assert_allclose(
             est.log_spectral_norm, exact_sn, rtol=1e-8, atol=1e-8
@@ -197,6 +200,12 @@ def test_bad_input(getkey):
         analyze.output_norm_estimates(net, params, x, getkey(), iters=0)
     with pytest.raises(ValueError, match="`probes`"):
         analyze.output_norm_estimates(net, params, x, getkey(), probes=-1)
+    with pytest.raises(ValueError, match="`rank`"):
+        analyze.output_norm_estimates(net, params, x, getkey(), rank=0)
+    with pytest.raises(ValueError, match="`power`.*non-negative integer"):
+        analyze.output_norm_estimates(net, params, x, getkey(), power=-1)
+    with pytest.raises(ValueError, match="`tail`"):
+        analyze.output_norm_estimates(net, params, x, getkey(), tail=1.5)
     assert jgrad.analyze.output_sweep(net, params, x)[0].matrix.shape == (4, 4)
 
 
