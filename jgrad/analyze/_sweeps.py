@@ -7,10 +7,12 @@ under ``vmap`` over examples, one large GEMM shared by the whole batch). Every p
 rescaled in log space, so nothing under- or overflows at any depth.
 
 - :func:`output_sweep`: every ``d y / d h_l`` (l = 0..L-1) in ONE backward sweep.
-- :func:`output_spectra`: their log singular values (one batched SVD).
-- :func:`output_norm_estimates`: spectral norm (Lanczos on ``P^T P``, a few JVP/VJP sweeps,
-  no explicit Jacobian) and mean squared singular value (Hutchinson probes) of every
-  ``d y / d h_l``, at a small fraction of the cost of the exact spectra.
+- :func:`output_spectra`: their log singular values (one SVD per product).
+- :func:`output_norms`: spectral norm (Lanczos) and exact mean squared singular value of
+  every ``d y / d h_l`` from the explicit products of one sweep.
+- :func:`output_norm_estimates`: the same two summaries matrix-free (a shared block-Krylov
+  output subspace, Hutch++ probes, Lanczos for the products nearest the output), at a
+  small fraction of the cost of the exact spectra.
 """
 
 from __future__ import annotations
