@@ -57,8 +57,11 @@ import numpy as np  # noqa: E402
 
 import jgrad  # noqa: E402
 from jgrad import analyze  # noqa: E402
-from jgrad.experiments import provenance, save_json  # noqa: E402
-from jgrad.experiments._bench import matmul_gflops, median_time  # noqa: E402
+from jgrad.experiments._bench import (  # noqa: E402
+    matmul_gflops,
+    median_time,
+    write_results,
+)
 
 GRID = [(32, 256, 16), (128, 128, 16)]
 QUICK = [(4, 16, 2)]
@@ -71,6 +74,18 @@ def time_jit(fn, args, repeats):
     comp = time.perf_counter() - t0
     t, iqr = median_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
     return {"seconds": t, "iqr": iqr, "compile_seconds": comp}, compiled(*args)
+
+
+def rel_errors(est, ex_sn, ex_ms):
+    """Median and max relative errors of a NormEstimates against the exact values."""
+    sn = np.abs(np.expm1(np.asarray(est.log_spectral_norm - ex_sn)))
+    ms = np.abs(np.expm1(np.asarray(est.log_mean_sq - ex_ms)))
+    return {
+        "sn_rel_err_median": float(np.median(sn)),
+        "sn_rel_err_max": float(np.max(sn)),
+        "ms_rel_err_median": float(np.median(ms)),
+        "ms_rel_err_max": float(np.max(ms)),
+    }
 
 
 def torch_case(params, xs, repeats, threads):
@@ -225,28 +240,18 @@ def main(argv=None):
                 (xs, keys),
                 args.repeats,
             )
-            sn = np.abs(np.expm1(np.asarray(est.log_spectral_norm - ex_sn)))
-            ms = np.abs(np.expm1(np.asarray(est.log_mean_sq - ex_ms)))
-            accuracy[f"estimates {setting} (rank:power:probes:tail:iters)"] = {
-                "sn_rel_err_median": float(np.median(sn)),
-                "sn_rel_err_max": float(np.max(sn)),
-                "ms_rel_err_median": float(np.median(ms)),
-                "ms_rel_err_max": float(np.max(ms)),
-            }
+            accuracy[f"estimates {setting} (rank:power:probes:tail:iters)"] = (
+                rel_errors(est, ex_sn, ex_ms)
+            )
         name = "c: jgrad output_norms (exact mean sq., 16 Lanczos)"
         res[name], est = time_jit(
             jax.vmap(lambda x, k: analyze.output_norms(net, params, x, k)),
             (xs, keys),
             args.repeats,
         )
-        sn = np.abs(np.expm1(np.asarray(est.log_spectral_norm - ex_sn)))
-        ms = np.abs(np.expm1(np.asarray(est.log_mean_sq - ex_ms)))
-        accuracy["output_norms (16 Lanczos steps, exact mean sq.)"] = {
-            "sn_rel_err_median": float(np.median(sn)),
-            "sn_rel_err_max": float(np.max(sn)),
-            "ms_rel_err_median": float(np.median(ms)),
-            "ms_rel_err_max": float(np.max(ms)),
-        }
+        accuracy["output_norms (16 Lanczos steps, exact mean sq.)"] = rel_errors(
+            est, ex_sn, ex_ms
+        )
         # consistency of (a) with the naive spectrum (top 10 log singular values)
         naive_sv = jnp.log(
             jax.jit(
@@ -316,18 +321,14 @@ def main(argv=None):
                 "a_top10_max_abs_diff": a_err,
             }
         )
-    save_json(
-        {
-            "command": "python scripts/bench_jacobian.py "
-            + " ".join(argv or sys.argv[1:]),
-            "matmul_peak_gflops": peak,
-            "openblas_num_threads": blas,
-            "torch_threads": threads,
-            "provenance": provenance(),
-            "jgrad": jgrad.__version__,
-            "rows": rows,
-        },
+    write_results(
+        "bench_jacobian.py",
+        argv,
         args.out,
+        rows,
+        matmul_peak_gflops=peak,
+        openblas_num_threads=blas,
+        torch_threads=threads,
     )
     print(f"\nwrote {args.out}")
 

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jgrad
 from jgrad import rnn
-from jgrad.experiments import provenance, save_json
-from jgrad.experiments._bench import matmul_gflops, median_time
+from jgrad.experiments._bench import matmul_gflops, median_time, write_results
 
 GRID = [(32, 128, 128, 256), (32, 512, 64, 128), (8, 1024, 32, 64)]
 QUICK = [(4, 16, 8, 16)]
@@ -231,16 +228,13 @@ def main(argv=None):
                         "ratio_torch": None if torch_t is None else t / torch_t,
                     }
                 )
-    save_json(
-        {
-            "command": "python scripts/bench_rnn.py " + " ".join(argv or sys.argv[1:]),
-            "matmul_peak_gflops": peak,
-            "torch_threads": threads,
-            "provenance": provenance(),
-            "jgrad": jgrad.__version__,
-            "rows": rows,
-        },
+    write_results(
+        "bench_rnn.py",
+        argv,
         args.out,
+        rows,
+        matmul_peak_gflops=peak,
+        torch_threads=threads,
     )
     print(f"\nwrote {args.out}")
 

@@ -12,46 +12,35 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_bench_rnn_quick(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "bench.json"
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "bench_rnn.py",
-            "--quick",
-            "--repeats",
-            "1",
-            "--kinds",
-            "lstm,vanilla",
-            "--out",
-            str(out),
-        ],
-    )
+def _run_script(name, args, monkeypatch, out):
+    """Runs scripts/<name> as __main__ with ``args`` and torch hidden; returns its JSON."""
+    monkeypatch.setattr(sys, "argv", [name, *args, "--out", str(out)])
     # Baselines (flax, the textbook scan) are written with JAX's default promotion rules.
     promotion = jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard")
     with pytest.MonkeyPatch.context() as m, promotion[0], promotion[1]:
         m.setitem(sys.modules, "torch", None)  # the comparison must be optional
-        runpy.run_path(str(ROOT / "scripts" / "bench_rnn.py"), run_name="__main__")
-    data = json.loads(out.read_text())
+        runpy.run_path(str(ROOT / "scripts" / name), run_name="__main__")
+    return json.loads(out.read_text())
+
+
+def test_bench_rnn_quick(tmp_path, monkeypatch, capsys):
+    args = ["--quick", "--repeats", "1", "--kinds", "lstm,vanilla"]
+    data = _run_script("bench_rnn.py", args, monkeypatch, tmp_path / "bench.json")
     impls = {r["impl"] for r in data["rows"]}
     assert {"jgrad", "jgrad fast", "flax OptimizedLSTMCell", "flax SimpleCell"} <= impls
     assert all(r["seconds"] > 0 and r["gflops"] > 0 for r in data["rows"])
+    assert data["command"].startswith("python scripts/bench_rnn.py " + " ".join(args))
+    assert "torch_threads" in data and "git_revision" in data["provenance"]
     assert "matmul peak" in capsys.readouterr().out
 
 
 def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench_jacobian.json"
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        ["bench_jacobian.py", "--quick", "--repeats", "1", "--out", str(out)],
+    data = _run_script(
+        "bench_jacobian.py", ["--quick", "--repeats", "1"], monkeypatch, out
     )
-    promotion = jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard")
-    with pytest.MonkeyPatch.context() as m, promotion[0], promotion[1]:
-        m.setitem(sys.modules, "torch", None)  # the comparison must be optional
-        runpy.run_path(str(ROOT / "scripts" / "bench_jacobian.py"), run_name="__main__")
-    data = json.loads(out.read_text())
+    assert data["command"].startswith("python scripts/bench_jacobian.py --quick")
+    assert "openblas_num_threads" in data
     impls = {r["impl"] for r in data["rows"]}
     assert {
         "a: naive JAX jacrev+svd",

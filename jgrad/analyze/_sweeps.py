@@ -396,15 +396,16 @@ def output_norm_estimates(
     ny = y.size
     dtype = y.dtype
     ku, kg = jax.random.split(key)
-    full = rank * (power + 1) >= ny
-    if full:  # Q spans the output space: exact
-        zs, zlogs = _pull_rows(maps, jnp.eye(ny, dtype=dtype))
-        ys, ylogs = [zs], [zlogs]
-    else:
-        u = jnp.linalg.qr(jax.random.normal(ku, (ny, rank), dtype))[0].T
+    full = rank * (power + 1) >= ny  # Q spans the output space: exact
+    u = (
+        jnp.eye(ny, dtype=dtype)
+        if full
+        else jnp.linalg.qr(jax.random.normal(ku, (ny, rank), dtype))[0].T
+    )
+    zs, zlogs = _pull_rows(maps, u)
+    ys, ylogs = [zs], [zlogs]  # Q^T P_l for every l, one block of Q at a time
+    if not full:
         us = [u]
-        zs, zlogs = _pull_rows(maps, u)
-        ys, ylogs = [zs], [zlogs]
         # c_l: ||P_l||_F^2 ~ (ny / rank) sum_i ||P_l^T u_i||^2
         log_c = [jax.nn.logsumexp(2 * lg) + jnp.log(ny / rank) for lg in zlogs]
         for _ in range(power):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["median_time", "matmul_gflops"]
+from jgrad.experiments._io import provenance, save_json
+
+__all__ = ["median_time", "matmul_gflops", "write_results"]
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -35,3 +38,21 @@ def matmul_gflops(repeats: int, n: int = 2048) -> float:
     f = jax.jit(jnp.dot)
     t, _ = median_time(lambda: f(a, b).block_until_ready(), repeats)
     return 2 * n**3 / t / 1e9
+
+
+def write_results(script: str, argv, out: str, rows: list, **fields) -> None:
+    """Writes a benchmark's rows atomically as JSON, with the command that produced them
+    (``python scripts/<script> <args>``), the run's provenance and any extra ``fields``."""
+    from jgrad import __version__  # the package, imported once it is loaded
+
+    args = argv if argv is not None else sys.argv[1:]
+    save_json(
+        {
+            "command": f"python scripts/{script} " + " ".join(args),
+            **fields,
+            "provenance": provenance(),
+            "jgrad": __version__,
+            "rows": rows,
+        },
+        out,
+    )
