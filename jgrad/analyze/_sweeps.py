@@ -17,21 +17,25 @@ rescaled in log space, so nothing under- or overflows at any depth.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.analyze._jacobians import (
-    _couples_examples,
-    _serial_jacobian,
-    _to_full,
-    resolve_net,
-    split_keys,
-    warn_first_nonfinite,
-)
+from jgrad.analyze._jacobians import resolve_net
 from jgrad.analyze._products import LogMatrix, _normalize, safe_log, svdvals, vec_norm
+from jgrad.analyze._segments import (
+    chunk,
+    fold,
+    group,
+    per_block,
+    seg_len,
+    segments,
+    split_at,
+    unchunk,
+)
 
 __all__ = [
     "output_sweep",
@@ -40,68 +44,6 @@ __all__ = [
     "output_norm_estimates",
     "input_output_spectrum",
 ]
-
-
-_CLOSED_KINDS = ("dense", "elementwise")
-
-
-def _closed_form(layer) -> bool:
-    """Whether ``_serial_jacobian`` has a closed form (no autodiff) for this layer."""
-    kind = getattr(layer.apply, "kind", None)
-    if kind == "residual":
-        return _closed_form(layer.apply.block)
-    if hasattr(layer, "layers"):
-        return all(_closed_form(sub) for sub in layer.layers)
-    return kind in _CLOSED_KINDS
-
-
-def _blocks(net, params, x, *, blocks, train, key):
-    """Forward pass; returns one (jvp, vjp, in_shape, out_shape, jac) per block and the
-    trajectory. ``jac()`` is the block's Jacobian in closed form, or None when it has none
-    (then the sweep pulls the identity back through the VJP)."""
-    layers, params, ends = resolve_net(net, params, blocks)
-    if train and any(_couples_examples(lay) for lay in layers):
-        raise ValueError(
-            "`train` must be False for a network with batch norm in these sweeps, got "
-            "True: batch norm couples the examples. Use layer_jacobians(..., "
-            "batch_jacobian=True) for its batch Jacobian."
-        )
-    keys = split_keys(key, len(layers))
-    h = jnp.asarray(x)
-    maps, hs = [], [h]
-    start = 0
-    for end in ends:
-        seg = slice(start, end + 1)
-
-        def block(v, seg=seg):
-            for layer, p, k in zip(layers[seg], params[seg], keys[seg], strict=True):
-                v = layer.apply(p, v, train=train, key=k)
-            return v
-
-        h_in = h
-        h, jvp = jax.linearize(block, h_in)
-        vjp = jax.linear_transpose(jvp, h_in)
-        jac = None
-        if h_in.ndim == 1 and all(_closed_form(lay) for lay in layers[seg]):
-
-            def jac(seg=seg, h_in=h_in):
-                j, _ = _serial_jacobian(
-                    layers[seg],
-                    params[seg],
-                    h_in,
-                    train=train,
-                    key=None,
-                    chunk_size=None,
-                )
-                return _to_full(j)
-
-        maps.append((jvp, lambda c, vjp=vjp: vjp(c)[0], h_in.shape, h.shape, jac))
-        hs.append(h)
-        start = end + 1
-    bad = jnp.stack([~jnp.all(jnp.isfinite(v)) for v in hs])
-    first = jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
-    warn_first_nonfinite(first, "jgrad.analyze sweep", "h_{k}")
-    return maps, hs
 
 
 def output_sweep(
@@ -126,45 +68,58 @@ def output_sweep(
     Returns:
         A tuple of L :class:`LogMatrix`, entry l of shape ``(size(y), size(h_l))``.
     """
-    mats, logs = _sweep(net, params, x, blocks=blocks, train=train, key=key)
-    return tuple(LogMatrix(*_normalize(m, s)) for m, s in zip(mats, logs, strict=True))
+    ys, _ = _sweep(net, params, x, blocks, train, key, lambda m, s: (m, s))
+    return tuple(LogMatrix(*_normalize(m, s)) for m, s in per_block(ys))
 
 
-def _sweep(net, params, x, *, blocks, train, key):
-    """The backward sweep: (matrices, log scales), each matrix scaled to max|entry| = 1.
+def _rescale(m, s):
+    """m / max|m| and the log scale s + log max|m| (m unchanged when it is all zero).
 
     Dividing by max|entry| (one reduction, which XLA fuses with the pull-back's elementwise
     work) instead of the Frobenius norm (two more passes) keeps the sweep at the speed of a
     plain ``jax.jacrev``; the scale convention does not change singular values."""
-    maps, hs = _blocks(net, params, x, blocks=blocks, train=train, key=key)
-    y = hs[-1]
-    m = None
-    s = jnp.zeros((), y.dtype)
-    mats, logs = [], []
-    for _, vjp, _, out_shape, jac in reversed(maps):
-        if m is None and jac is not None:  # the last block: its Jacobian, no matmul
-            m = jac().reshape(y.size, -1)
-        else:
-            if m is None:
-                m = jnp.eye(y.size, dtype=y.dtype)
-            m = jax.vmap(lambda r, vjp=vjp, o=out_shape: vjp(r.reshape(o)).ravel())(m)
-        a = jnp.max(jnp.abs(m))
-        ok = a > 0
-        m = m / jnp.where(ok, a, 1.0)
-        s = s + safe_log(a)
-        mats.append(m)
-        logs.append(s)
-    return mats[::-1], logs[::-1]
+    a = jnp.max(jnp.abs(m))
+    return m / jnp.where(a > 0, a, 1.0), s + safe_log(a)
 
 
-def _spectra(mats, logs):
-    """Log singular values of exp(log) * mat, one SVD call per product.
+def _sweep(net, params, x, blocks, train, key, emit, xs=None):
+    """The backward sweep of the rescaled products ``d y / d h_l``, l = L-1 .. 0.
 
-    Not one SVD of the stacked products: stacking copies all L products (L n^2 floats per
-    example, 128 MB for L = 32, n = 256, 16 examples) into a fresh buffer, and on CPU
-    touching that much new memory costs as much as several SVDs; per-product calls also
-    let XLA free each product once its singular values are taken."""
-    return tuple(jnp.log(svdvals(m)) + s for m, s in zip(mats, logs, strict=True))
+    ``emit(m, s[, x_l])`` maps each product (``m`` scaled to max|entry| = 1, ``s`` the
+    log of the scale) to what the caller keeps of it, inside the sweep: an SVD or a norm
+    taken there lets XLA free the product at once (on CPU, touching fresh memory for all
+    L products costs as much as several SVDs). ``xs``: optional per-block inputs of
+    ``emit``, stacked over the L blocks. Returns (fold's ys of ``emit``, the product
+    ``d y / d h_0`` as (m, s))."""
+    segs, _, y = segments(net, params, x, blocks=blocks, train=train, key=key)
+    call = (lambda m, s, _: emit(m, s)) if xs is None else emit
+    xs = None if xs is None else chunk(segs, xs)
+    last = segs[-1]  # always a single block
+    if last.jac is not None:  # its Jacobian in closed form, no matmul
+        m = last.jac().reshape(y.size, -1)
+    else:
+        eye = jnp.eye(y.size, dtype=y.dtype)
+        m = jax.vmap(lambda r: last.vjp(r.reshape(last.out_shape)).ravel())(eye)
+    m, s = _rescale(m, jnp.zeros((), y.dtype))
+    y_last = jax.tree.map(
+        lambda a: a[None],
+        call(m, s, None if xs is None else jax.tree.map(lambda a: a[0], xs[-1])),
+    )
+
+    def step(carry, blk, xl):
+        m, s = carry
+        m = jax.vmap(lambda r: blk.vjp(r.reshape(blk.out_shape)).ravel())(m)
+        m, s = _rescale(m, s)
+        return (m, s), call(m, s, xl)
+
+    (m, s), ys = fold(
+        segs[:-1], step, (m, s), None if xs is None else xs[:-1], reverse=True
+    )
+    return ys + [y_last], (m, s)
+
+
+def _log_svdvals(m, s):
+    return jnp.log(svdvals(m)) + s
 
 
 def output_spectra(
@@ -179,13 +134,15 @@ def output_spectra(
     """Log singular values (natural log, descending) of every ``d y / d h_l``.
 
     One backward sweep (:func:`output_sweep`) and one SVD (singular values only) per
-    product. Exact at any depth for the top singular values; those
-    below ``sigma_max * eps`` are lost (the rescaled method; see ``log_singular_values``).
+    product, taken inside the sweep as the product is formed. Exact at any depth for the
+    top singular values; those below ``sigma_max * eps`` are lost (the rescaled method;
+    see ``log_singular_values``).
 
     Returns:
         A tuple of L arrays, entry l the spectrum of ``d y / d h_l``.
     """
-    return _spectra(*_sweep(net, params, x, blocks=blocks, train=train, key=key))
+    ys, _ = _sweep(net, params, x, blocks, train, key, _log_svdvals)
+    return tuple(per_block(ys))
 
 
 def input_output_spectrum(
@@ -198,8 +155,8 @@ def input_output_spectrum(
 ) -> jax.Array:
     """Log singular values of the input-output Jacobian ``d y / d x`` (rescaled, exact
     top singular values at any depth), by one rescaled reverse sweep and one SVD."""
-    mats, logs = _sweep(net, params, x, blocks=True, train=train, key=key)
-    return jnp.log(svdvals(mats[0])) + logs[0]
+    _, (m, s) = _sweep(net, params, x, True, train, key, lambda m, s: None)
+    return _log_svdvals(m, s)
 
 
 class NormEstimates(NamedTuple):
@@ -222,87 +179,49 @@ class NormEstimates(NamedTuple):
     mean_sq_rel_err: jax.Array
 
 
-def _push_fwd(maps, vs, logs, start):
-    """Pushes vectors vs[l] (at h_l) forward to the output, each rescaled in log space.
-
-    vs: list of L arrays (k, size(h_l)); returns (L, k, size(y)) and (L, k) logs."""
-    L = len(maps)
-    cur, cur_log = None, None
-    for m in range(start, L):
-        jvp, _, in_shape, out_shape, _ = maps[m]
-        v_new = vs[m].reshape((-1,) + in_shape)
-        add = v_new[None]
-        lg = logs[m][None]
-        cur = add if cur is None else jnp.concatenate([cur, add], axis=0)
-        cur_log = lg if cur_log is None else jnp.concatenate([cur_log, lg], axis=0)
-        a, k = cur.shape[0], cur.shape[1]
-        flat = cur.reshape((a * k,) + in_shape)
-        out = jax.vmap(jvp)(flat).reshape((a, k, -1))
-        n = vec_norm(out)
-        cur = (out / jnp.where(n > 0, n, 1.0)[..., None]).reshape((a, k) + out_shape)
-        cur_log = cur_log + safe_log(n)
-    return cur.reshape(cur.shape[:2] + (-1,)), cur_log
-
-
-def _pull_back(maps, us, logs):
-    """Pulls vectors us[l] (at the output) back to h_l for every l, rescaled.
-
-    us: (L, k, size(y)); returns a list of L arrays (k, size(h_l)) and (L, k) logs."""
-    L = len(maps)
-    res, res_log = [None] * L, [None] * L
-    cur, cur_log = us, logs
-    for m in range(L - 1, -1, -1):
-        _, vjp, in_shape, out_shape, _ = maps[m]
-        a, k = cur.shape[0], cur.shape[1]
-        flat = cur.reshape((a * k,) + out_shape)
-        out = jax.vmap(vjp)(flat).reshape((a, k, -1))
-        n = vec_norm(out)
-        out = out / jnp.where(n > 0, n, 1.0)[..., None]
-        lg = cur_log + safe_log(n)
-        res[m], res_log[m] = out[m], lg[m]
-        cur, cur_log = out[:m].reshape((m, k) + in_shape), lg[:m]
-    return res, jnp.stack(res_log)
-
-
-def _pull_rows(maps, rows):
+def _pull_rows(segs, rows, keep=None):
     """One backward sweep of the rows (k, size(y)) at the output: P_l^T r for every l.
 
-    Returns a list of L arrays (k, size(h_l)) of unit rows and a list of L (k,) logs of
-    their norms."""
-    L = len(maps)
-    cur = rows
-    lg = jnp.zeros(rows.shape[0], rows.dtype)
-    vecs, logs = [None] * L, [None] * L
-    for m in range(L - 1, -1, -1):
-        _, vjp, _, out_shape, _ = maps[m]
-        out = jax.vmap(vjp)(cur.reshape((-1,) + out_shape)).reshape((cur.shape[0], -1))
+    Returns fold's ys of (unit rows (keep, size(h_l)), (k,) logs of their norms): only
+    the first ``keep`` rows (default all) are kept at every block, the rest only as
+    norms (writing vectors out of a loop costs memory traffic)."""
+
+    def step(carry, blk, _):
+        cur, lg = carry
+        out = jax.vmap(blk.vjp)(cur.reshape((-1,) + blk.out_shape))
+        out = out.reshape((cur.shape[0], -1))
         n = vec_norm(out)
         cur = out / jnp.where(n > 0, n, 1.0)[:, None]
         lg = lg + safe_log(n)
-        vecs[m], logs[m] = cur, lg
-    return vecs, logs
+        return (cur, lg), (cur[:keep], lg)
+
+    lg0 = jnp.zeros(rows.shape[0], rows.dtype)
+    _, ys = fold(segs, step, (rows, lg0), reverse=True)
+    return ys
 
 
-def _push_sum(maps, zs, zlogs):
+def _push_sum(segs, zs, zlogs):
     """sum_l exp(zlogs[l]) * P_l z_l for every row, in ONE forward sweep.
 
-    The terms are added as the sweep passes h_l (linearity), each rescaled in log space;
-    returns the (k, size(y)) sums, each row up to a positive factor (which the caller's
-    orthonormalisation ignores)."""
-    acc = al = None
-    for m, (jvp, _, in_shape, _, _) in enumerate(maps):
-        t, tl = zs[m], zlogs[m]
-        if acc is None:
-            acc, al = t, tl
-        else:
-            mx = jnp.maximum(al, tl)
-            mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
-            acc = acc * jnp.exp(al - mx)[:, None] + t * jnp.exp(tl - mx)[:, None]
-            al = mx
-        out = jax.vmap(jvp)(acc.reshape((-1,) + in_shape)).reshape((acc.shape[0], -1))
+    ``zs``, ``zlogs``: fold's xs (per segment, stacked) of the (k, size(h_l)) vectors and
+    their (k,) logs. The terms are added as the sweep passes h_l (linearity), each
+    rescaled in log space; returns the (k, size(y)) sums, each row up to a positive factor
+    (which the caller's orthonormalisation ignores)."""
+
+    def step(carry, blk, inp):
+        acc, al = carry
+        t, tl = inp
+        mx = jnp.maximum(al, tl)
+        mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
+        acc = acc * jnp.exp(al - mx)[:, None] + t * jnp.exp(tl - mx)[:, None]
+        out = jax.vmap(blk.jvp)(acc.reshape((-1,) + blk.in_shape))
+        out = out.reshape((acc.shape[0], -1))
         n = vec_norm(out)
-        acc = out / jnp.where(n > 0, n, 1.0)[:, None]
-        al = al + safe_log(n)
+        return (out / jnp.where(n > 0, n, 1.0)[:, None], mx + safe_log(n)), None
+
+    acc0 = jnp.zeros_like(zs[0][0])
+    al0 = jnp.full(acc0.shape[:1], -jnp.inf, acc0.dtype)
+    (acc, _), _ = fold(segs, step, (acc0, al0), list(zip(zs, zlogs, strict=True)))
     return acc
 
 
@@ -390,9 +309,11 @@ def output_norm_estimates(
     _checks.positive_int("probes", probes)
     _checks.non_negative_int("tail", tail)
     _checks.positive_int("iters", iters)
-    maps, hs = _blocks(net, params, x, blocks=blocks, train=train, key=dropout_key)
-    L = len(maps)
-    y = hs[-1]
+    L = len(resolve_net(net, params, blocks)[2])
+    t = min(tail, L)
+    segs, shapes, y = segments(
+        net, params, x, blocks=blocks, train=train, key=dropout_key, cut=L - t
+    )
     ny = y.size
     dtype = y.dtype
     ku, kg = jax.random.split(key)
@@ -402,28 +323,34 @@ def output_norm_estimates(
         if full
         else jnp.linalg.qr(jax.random.normal(ku, (ny, rank), dtype))[0].T
     )
-    zs, zlogs = _pull_rows(maps, u)
-    ys, ylogs = [zs], [zlogs]  # Q^T P_l for every l, one block of Q at a time
-    if not full:
-        us = [u]
-        # c_l: ||P_l||_F^2 ~ (ny / rank) sum_i ||P_l^T u_i||^2
-        log_c = [jax.nn.logsumexp(2 * lg) + jnp.log(ny / rank) for lg in zlogs]
-        for _ in range(power):
-            acc = _push_sum(
-                maps, zs, [lg - c for lg, c in zip(zlogs, log_c, strict=True)]
-            )
+    if full:
+        pulled = [_pull_rows(segs, u)]  # Q^T P_l for every l
+    else:
+        us, pulled = [u], []  # Q^T P_l for every l, one block of Q at a time
+        for it in range(power + 1):
+            if it == power:  # the last block of Q and the probes in ONE sweep
+                basis = jnp.concatenate(us)
+                g = jax.random.normal(kg, (probes, ny), dtype)
+                g = g - (g @ basis.T) @ basis
+                ys = _pull_rows(segs, jnp.concatenate([u, g]), keep=rank)
+                pulled.append([(z, lg[:, :rank]) for z, lg in ys])
+                glogs = [2 * lg[:, rank:] for _, lg in ys]  # log ||P_l^T g_j||^2
+                break
+            pulled.append(_pull_rows(segs, u))
+            if it == 0:  # c_l: ||P_l||_F^2 ~ (ny / rank) sum_i ||P_l^T u_i||^2
+                log_c = [
+                    jax.nn.logsumexp(2 * lg, axis=-1, keepdims=True)
+                    + jnp.log(ny / rank)
+                    for _, lg in pulled[0]
+                ]
+            zs = [z for z, _ in pulled[-1]]
+            zlogs = [lg - c for (_, lg), c in zip(pulled[-1], log_c, strict=True)]
+            acc = _push_sum(segs, zs, zlogs)
             basis = jnp.concatenate(us)
             for _ in range(2):  # project off the space so far (twice: re-orthogonalise)
                 acc = acc - (acc @ basis.T) @ basis
             u = jnp.linalg.qr(acc.T)[0].T
             us.append(u)
-            zs, zlogs = _pull_rows(maps, u)
-            ys.append(zs)
-            ylogs.append(zlogs)
-        basis = jnp.concatenate(us)
-        g = jax.random.normal(kg, (probes, ny), dtype)
-        g = g - (g @ basis.T) @ basis
-        _, glogs = _pull_rows(maps, g)
     tiny = jnp.finfo(dtype).tiny
 
     def summary(rows, lg, per_probe):
@@ -434,6 +361,7 @@ def output_norm_estimates(
         rows = rows * jnp.exp(lg - mx)[:, None]  # Q^T P_l / exp(mx)
         lam, w = _top_eig(rows @ rows.T)
         v = rows.T @ w
+        v = v / jnp.maximum(jnp.linalg.norm(v), tiny)
         fro_q = jax.nn.logsumexp(2 * lg)
         if per_probe is None:
             return 0.5 * safe_log(lam) + mx, v, fro_q, jnp.zeros((), dtype)
@@ -443,26 +371,26 @@ def output_norm_estimates(
         sd = jnp.std(share, ddof=1 if probes > 1 else 0) / jnp.sqrt(float(probes))
         return 0.5 * safe_log(lam) + mx, v, tot, sd
 
-    rows_l = [jnp.concatenate([z[i] for z in ys]) for i in range(L)]
-    lg_l = [jnp.concatenate([z[i] for z in ylogs]) for i in range(L)]
-    probe_l = [None] * L if full else [2 * g for g in glogs]  # log ||P_l^T g_j||^2
-    if len({r.shape for r in rows_l}) == 1:  # one vmapped summary (compiled once)
-        probes_arg = None if full else jnp.stack(probe_l)
-        sn, starts, fro, rel_err = jax.vmap(summary)(
-            jnp.stack(rows_l), jnp.stack(lg_l), probes_arg
-        )
-        starts = list(starts)
-    else:
-        out = [summary(*a) for a in zip(rows_l, lg_l, probe_l, strict=True)]
-        sn, starts, fro, rel_err = (list(v) for v in zip(*out, strict=True))
-        sn, fro, rel_err = jnp.stack(sn), jnp.stack(fro), jnp.stack(rel_err)
-    starts = [v / jnp.maximum(jnp.linalg.norm(v), tiny) for v in starts]
-    t = min(tail, L)
+    # per segment: rows (R, r, n) and logs (R, r) over all blocks of Q, probes (R, k)
+    rows = [
+        jnp.concatenate(z, axis=1) for z in zip(*[[a for a, _ in p] for p in pulled])
+    ]
+    lgs = [
+        jnp.concatenate(z, axis=1) for z in zip(*[[b for _, b in p] for p in pulled])
+    ]
+    probe = [None] * len(segs) if full else glogs
+    sn, starts, fro, rel_err = _map_by_shape(summary, rows, lgs, probe)
     if t and not full:
-        top = _lanczos_top(maps[L - t :], starts[L - t :], fro[L - t :], iters, dtype)
+        tail_segs = split_at(segs, L - t)[1]
+        top = _lanczos_top(
+            tail_segs,
+            group(tail_segs, starts[L - t :]),
+            chunk(tail_segs, fro[L - t :]),
+            iters,
+        )
         sn_t = 0.5 * (safe_log(jnp.maximum(top, 0.0)) + fro[L - t :])
         sn = sn.at[L - t :].set(jnp.maximum(sn[L - t :], sn_t))
-    r = jnp.asarray([min(ny, int(jnp.size(h))) for h in hs[:-1]], dtype)
+    r = jnp.asarray([min(ny, math.prod(s)) for s in shapes], dtype)
     return NormEstimates(
         log_spectral_norm=sn,
         log_mean_sq=fro - jnp.log(r),
@@ -470,65 +398,145 @@ def output_norm_estimates(
     )
 
 
+def _map_by_shape(f, *chunked):
+    """``vmap(f)`` over every block, the arguments given per segment (stacked, as fold's
+    ys): one vmapped call over all blocks when their shapes agree, else one per group of
+    equal shapes. Returns (sn, starts, fro, rel_err): the scalars stacked (L,), the
+    vectors as a list of L."""
+    shapes = {tuple(a.shape[1:]) for a in chunked[0]}
+    if len(shapes) == 1:
+        args = [None if c[0] is None else unchunk(c) for c in chunked]
+        sn, starts, fro, err = jax.vmap(f)(*args)
+        return sn, list(starts), fro, err
+    blocks = [per_block(c) if c[0] is not None else None for c in chunked]
+    L = len(blocks[0])
+    groups = {}
+    for i in range(L):
+        groups.setdefault(blocks[0][i].shape, []).append(i)
+    out = [None] * L
+    for idx in groups.values():
+        args = [None if b is None else jnp.stack([b[i] for i in idx]) for b in blocks]
+        res = jax.vmap(f)(*args)
+        for j, i in enumerate(idx):
+            out[i] = [a[j] for a in res]
+    sn, starts, fro, err = (list(v) for v in zip(*out, strict=True))
+    return jnp.stack(sn), starts, jnp.stack(fro), jnp.stack(err)
+
+
 def _unit(v):
     return v / jnp.linalg.norm(v)
 
 
-def _lanczos_top(maps, qs, log_c, iters, dtype):
-    """Top Ritz value of P_l^T P_l / exp(log_c_l) for every l of the sub-network ``maps``
-    (products to its output), after ``iters`` Lanczos steps from the start vectors ``qs``."""
-    L = len(maps)
+def _tail_apply(segs, vs):
+    """``P_l^T P_l v_l`` for every block l of the sub-network ``segs`` (products to its
+    output), all at once: one forward sweep in which v_l joins the pushed rows as the
+    sweep passes h_l, and one backward sweep in which row l is taken off at h_l. The
+    carry holds one row per product throughout (rows not yet joined are zero), so each
+    sweep is a ``lax.scan`` over every run of identical blocks.
+
+    vs: fold's xs of the (R, size(h_l)) vectors. Returns fold's ys of the results and
+    of their (R,) log scales."""
+    t = sum(seg_len(s) for s in segs)
+    index = chunk(segs, jnp.arange(t))
+    dtype = vs[0].dtype
+
+    def push(carry, blk, inp):
+        cur, lg = carry
+        v, i = inp
+        cur = cur.at[i].set(v.reshape(blk.in_shape))
+        lg = lg.at[i].set(0.0)
+        out = jax.vmap(blk.jvp)(cur).reshape((t, -1))
+        n = vec_norm(out)
+        out = out / jnp.where(n > 0, n, 1.0)[:, None]
+        return (out.reshape((t,) + blk.out_shape), lg + safe_log(n)), None
+
+    first = segs[0]
+    shape0 = first.shape if hasattr(first, "ps") else first.in_shape
+    cur0 = jnp.zeros((t,) + tuple(shape0), dtype)
+    lg0 = jnp.full((t,), -jnp.inf, dtype)
+    (cur, lg), _ = fold(segs, push, (cur0, lg0), list(zip(vs, index, strict=True)))
+
+    def pull(carry, blk, i):
+        cur, lg = carry
+        out = jax.vmap(blk.vjp)(cur.reshape((t,) + blk.out_shape)).reshape((t, -1))
+        n = vec_norm(out)
+        out = out / jnp.where(n > 0, n, 1.0)[:, None]
+        lg = lg + safe_log(n)
+        return (out, lg), (out[i], lg[i])
+
+    _, ys = fold(segs, pull, (cur.reshape((t, -1)), lg), index, reverse=True)
+    return ys
+
+
+def _lanczos_top(segs, qs, log_c, iters):
+    """Top Ritz value of ``P_l^T P_l / exp(log_c_l)`` for every block l of the
+    sub-network ``segs`` (products to its output), after ``iters`` Lanczos steps (full
+    re-orthogonalisation) from the unit start vectors ``qs`` (fold's xs, (R, size(h_l))
+    per segment); ``log_c``: fold's xs of (R,). Returns the (t,) top Ritz values."""
+    tmap = jax.tree.map
+    dtype = qs[0].dtype
 
     def apply_a(vs):
-        fwd, fwd_log = _push_fwd(
-            maps, [v[None] for v in vs], [jnp.zeros((1,), dtype)] * L, 0
-        )
-        bwd, bwd_log = _pull_back(maps, fwd, fwd_log)
-        scale = jnp.exp(bwd_log[:, 0] - log_c)
-        return [b[0] * s for b, s in zip(bwd, scale, strict=True)]
+        ys = _tail_apply(segs, vs)
+        return [
+            b * jnp.exp(lb - c)[:, None] for (b, lb), c in zip(ys, log_c, strict=True)
+        ]
 
-    # Lanczos with full re-orthogonalisation, the iterations in a fori_loop so that the
-    # sweeps are traced once (compile time independent of `iters`).
+    def dot(a, b):
+        return jnp.sum(a * b, axis=-1)
+
+    # the iterations in a fori_loop: the sweeps are traced once
     def body(it, state):
         basis, cur, prev, beta, alphas, betas = state
         w = apply_a(cur)
-        alpha = jnp.stack([jnp.vdot(wi, ci) for wi, ci in zip(w, cur, strict=True)])
-        w = [
-            wi - al * ci - be * pi
-            for wi, al, ci, be, pi in zip(w, alpha, cur, beta, prev, strict=True)
-        ]
-        # basis rows not yet filled are zero and project out nothing
-        w = [wi - bl.T @ (bl @ wi) for wi, bl in zip(w, basis, strict=True)]
-        w = [wi - bl.T @ (bl @ wi) for wi, bl in zip(w, basis, strict=True)]
-        beta_new = jnp.stack([jnp.linalg.norm(wi) for wi in w])
-        nxt = [wi / jnp.where(b > 0, b, 1.0) for wi, b in zip(w, beta_new, strict=True)]
-        basis = [
-            bl.at[jnp.minimum(it + 1, iters - 1)].set(
-                jnp.where(it + 1 < iters, n, bl[-1])
+        alpha = tmap(dot, w, cur)
+        w = tmap(
+            lambda w, a, c, b, p: w - a[:, None] * c - b[:, None] * p,
+            w,
+            alpha,
+            cur,
+            beta,
+            prev,
+        )
+        for _ in range(2):  # rows of the basis not yet filled are zero: no effect
+            w = tmap(
+                lambda w, q: (
+                    w - jnp.einsum("rkn,rk->rn", q, jnp.einsum("rkn,rn->rk", q, w))
+                ),
+                w,
+                basis,
             )
-            for bl, n in zip(basis, nxt, strict=True)
-        ]
-        alphas = alphas.at[it].set(alpha)
-        betas = betas.at[it].set(beta_new)
+        beta_new = tmap(lambda w: jnp.linalg.norm(w, axis=-1), w)
+        nxt = tmap(lambda w, b: w / jnp.where(b > 0, b, 1.0)[:, None], w, beta_new)
+        slot = jnp.minimum(it + 1, iters - 1)
+        basis = tmap(
+            lambda q, n: q.at[:, slot].set(jnp.where(it + 1 < iters, n, q[:, slot])),
+            basis,
+            nxt,
+        )
+        alphas = alphas.at[it].set(jnp.concatenate(alpha))
+        betas = betas.at[it].set(jnp.concatenate(beta_new))
         return basis, nxt, cur, beta_new, alphas, betas
 
-    basis0 = [jnp.zeros((iters, q.shape[0]), dtype).at[0].set(q) for q in qs]
+    t = sum(q.shape[0] for q in qs)
+    basis0 = [
+        jnp.zeros((q.shape[0], iters, q.shape[1]), dtype).at[:, 0].set(q) for q in qs
+    ]
+    zeros = tmap(lambda q: jnp.zeros(q.shape[:1], dtype), qs)
     state = (
         basis0,
         qs,
-        [jnp.zeros_like(q) for q in qs],
-        jnp.zeros((L,), dtype),
-        jnp.zeros((iters, L), dtype),
-        jnp.zeros((iters, L), dtype),
+        tmap(jnp.zeros_like, qs),
+        zeros,
+        jnp.zeros((iters, t), dtype),
+        jnp.zeros((iters, t), dtype),
     )
     *_, alphas, betas = jax.lax.fori_loop(0, iters, body, state)
-    off = betas[:-1].T  # (L, iters-1)
-    t = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(
+    off = betas[:-1].T  # (t, iters-1)
+    tri = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(
         alphas.T, off
     )
-    top = jnp.linalg.eigvalsh(t)[:, -1]
-
-    return top
+    return jnp.linalg.eigvalsh(tri)[:, -1]
 
 
 def _matrix_lanczos_top(m, iters, key):
@@ -591,22 +599,17 @@ def output_norms(
         A :class:`NormEstimates` with ``mean_sq_rel_err`` all 0 (exact).
     """
     _checks.positive_int("iters", iters)
-    mats, logs = _sweep(net, params, x, blocks=blocks, train=train, key=dropout_key)
-    keys = jax.random.split(key, len(mats))
-    logs = jnp.stack(logs)
-    if len({m.shape for m in mats}) == 1:  # one vmapped Lanczos (compiled once)
-        stacked = jnp.stack(mats)
-        top = jax.vmap(lambda m, k: _matrix_lanczos_top(m, iters, k))(stacked, keys)
-        fro2 = jnp.sum(jnp.square(stacked), axis=(1, 2))
-    else:
-        top = jnp.stack(
-            [_matrix_lanczos_top(m, iters, k) for m, k in zip(mats, keys, strict=True)]
-        )
-        fro2 = jnp.stack([jnp.sum(jnp.square(m)) for m in mats])
-    # entries <= 1 in magnitude: the squared Frobenius norm cannot overflow
-    r = jnp.asarray([min(m.shape) for m in mats], logs.dtype)
-    sn = jnp.log(top) + logs
-    ms = jnp.log(fro2) + 2 * logs - jnp.log(r)
+
+    def emit(m, s, k):  # inside the sweep: the product is freed once summarized
+        # entries <= 1 in magnitude: the squared Frobenius norm cannot overflow
+        fro2 = jnp.sum(jnp.square(m))
+        r = min(m.shape)
+        top = _matrix_lanczos_top(m, iters, k)
+        return jnp.log(top) + s, jnp.log(fro2) + 2 * s - math.log(r)
+
+    keys = jax.random.split(key, len(resolve_net(net, params, blocks)[2]))
+    ys, _ = _sweep(net, params, x, blocks, train, dropout_key, emit, keys)
+    sn, ms = unchunk(ys)
     return NormEstimates(
         log_spectral_norm=sn, log_mean_sq=ms, mean_sq_rel_err=jnp.zeros_like(ms)
     )

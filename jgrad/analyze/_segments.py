@@ -1,0 +1,307 @@
+"""A network as linearizable segments: single blocks, and runs of identical blocks.
+
+The sweeps of :mod:`jgrad.analyze._sweeps` push vectors through every block of a network.
+Unrolled in Python, a sweep through L blocks is L copies of the block's code in the
+compiled program, so compile time grows with depth (about 25 s per sweep at L = 128).
+Most deep networks repeat one block (an MLP's dense + activation, a residual block): here
+consecutive blocks whose traced code (jaxpr), parameter shapes and constants are equal and
+whose input and output shapes agree form a :class:`Run`, swept by ONE ``lax.scan`` over
+their stacked parameters and stored inputs. Compile time then no longer depends on the
+depth, and the loop is no slower than the unrolled code on CPU.
+
+:func:`fold` runs a per-block step over the segments in either direction, so each sweep
+is written once for both kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jgrad.analyze._jacobians import (
+    _couples_examples,
+    _serial_jacobian,
+    _to_full,
+    resolve_net,
+    split_keys,
+    warn_first_nonfinite,
+)
+
+MIN_RUN = 3  # shorter runs of identical blocks stay unrolled
+
+_CLOSED_KINDS = ("dense", "elementwise")
+
+
+def _closed_form(layer) -> bool:
+    """Whether ``_serial_jacobian`` has a closed form (no autodiff) for this layer."""
+    kind = getattr(layer.apply, "kind", None)
+    if kind == "residual":
+        return _closed_form(layer.apply.block)
+    if hasattr(layer, "layers"):
+        return all(_closed_form(sub) for sub in layer.layers)
+    return kind in _CLOSED_KINDS
+
+
+class Block(NamedTuple):
+    """One block linearized at its input: ``jvp`` (tangent at the input -> at the output)
+    and ``vjp`` (cotangent at the output -> at the input) of one vector each (vmap them
+    over rows), the shapes, and ``jac()``: the block's Jacobian in closed form, or None."""
+
+    jvp: Callable
+    vjp: Callable
+    in_shape: tuple
+    out_shape: tuple
+    jac: Callable | None
+
+
+class Run(NamedTuple):
+    """R >= MIN_RUN consecutive blocks with the same code (``fn(p, k, h)``), parameter
+    shapes and constants, each mapping ``shape`` to ``shape``.
+
+    Attributes:
+        fn: one block, ``fn(params, keys, h) -> h``.
+        ps: the blocks' params, stacked along a leading axis of size R.
+        ks: their dropout keys stacked (a tuple of None without keys).
+        hs: ``(R, *shape)``, the input of each block on the forward trajectory.
+        shape: the blocks' input (= output) shape.
+    """
+
+    fn: Callable
+    ps: Any
+    ks: Any
+    hs: jax.Array
+    shape: tuple
+
+
+def seg_len(seg) -> int:
+    return seg.hs.shape[0] if isinstance(seg, Run) else 1
+
+
+def _linearize(fn, h):
+    out, jvp = jax.linearize(fn, h)
+    vjp = jax.linear_transpose(jvp, h)
+    return out, jvp, lambda c: vjp(c)[0]
+
+
+def _run_block(run, p, k, h):
+    """The Block of one member of ``run`` (inside a scan body)."""
+    _, jvp, vjp = _linearize(lambda v: run.fn(p, k, v), h)
+    return Block(jvp, vjp, run.shape, run.shape, None)
+
+
+def _same_consts(a, b) -> bool:
+    if len(a) != len(b):
+        return False
+    for u, v in zip(a, b, strict=True):
+        if u is v:
+            continue
+        if isinstance(u, jax.core.Tracer) or isinstance(v, jax.core.Tracer):
+            return False
+        try:
+            if np.shape(u) != np.shape(v) or not np.array_equal(u, v):
+                return False
+        except TypeError:  # not array-like: unequal unless identical
+            return False
+    return True
+
+
+def segments(net, params, x, *, blocks, train, key, cut=None):
+    """Forward pass of one example; returns (segments, block input shapes, output).
+
+    ``segments`` is a list of :class:`Block` (linearized) and :class:`Run`. The last block
+    is always a single Block (the sweeps start from its closed-form Jacobian), and no run
+    crosses block index ``cut`` (so that a sweep can cover the blocks from ``cut`` on
+    alone: :func:`split_at`). Reports (warns) the first non-finite block output."""
+    layers, params, ends = resolve_net(net, params, blocks)
+    if train and any(_couples_examples(lay) for lay in layers):
+        raise ValueError(
+            "`train` must be False for a network with batch norm in these sweeps, got "
+            "True: batch norm couples the examples. Use layer_jacobians(..., "
+            "batch_jacobian=True) for its batch Jacobian."
+        )
+    keys = split_keys(key, len(layers))
+    parts, start = [], 0
+    for end in ends:
+        seg = slice(start, end + 1)
+        parts.append((tuple(layers[seg]), tuple(params[seg]), tuple(keys[seg])))
+        start = end + 1
+
+    def make_fn(lays):
+        def fn(p, k, v):
+            for layer, pi, ki in zip(lays, p, k, strict=True):
+                v = layer.apply(pi, v, train=train, key=ki)
+            return v
+
+        return fn
+
+    # The blocks' signatures, from shapes alone (one trace each, nothing computed).
+    h = jnp.asarray(x)
+    sigs, shapes = [], []
+    cur = jax.ShapeDtypeStruct(h.shape, h.dtype)
+    for lays, p, k in parts:
+        cj = jax.make_jaxpr(make_fn(lays))(p, k, cur)
+        (out,) = cj.out_avals
+        same_shape = out.shape == cur.shape and out.dtype == cur.dtype
+        sigs.append(
+            (str(cj.jaxpr), jax.tree.structure((p, k)), cj.in_avals, cj.consts)
+            if same_shape
+            else None
+        )
+        shapes.append(cur.shape)
+        cur = jax.ShapeDtypeStruct(out.shape, out.dtype)
+
+    def same(i, j):
+        a, b = sigs[i], sigs[j]
+        return (
+            a is not None
+            and b is not None
+            and a[:3] == b[:3]
+            and shapes[i] == shapes[j]
+            and _same_consts(a[3], b[3])
+        )
+
+    n = len(parts)
+    cut = n if cut is None or not 0 < cut < n else cut
+    segs, hs_in, i = [], [], 0
+    while i < n:
+        stop = min(cut if i < cut else n, n - 1)  # the last block stays single
+        j = i + 1
+        while j < stop and same(i, j):
+            j += 1
+        if j - i >= MIN_RUN:
+            stack = lambda *a: jnp.stack(a)  # noqa: E731
+            ps = jax.tree.map(stack, *[parts[m][1] for m in range(i, j)])
+            ks = parts[i][2]
+            if any(kk is not None for kk in ks):
+                ks = jax.tree.map(stack, *[parts[m][2] for m in range(i, j)])
+            fn = make_fn(parts[i][0])
+
+            def body(v, xs, fn=fn):
+                p, k = xs
+                return fn(p, k, v), v
+
+            h, hs = jax.lax.scan(body, h, (ps, ks))
+            segs.append(Run(fn, ps, ks, hs, tuple(h.shape)))
+            hs_in.append(hs)
+            i = j
+            continue
+        lays, p, k = parts[i]
+        h_in = h
+        h, jvp, vjp = _linearize(lambda v, f=make_fn(lays), p=p, k=k: f(p, k, v), h_in)
+        jac = None
+        if h_in.ndim == 1 and all(_closed_form(lay) for lay in lays):
+
+            def jac(lays=lays, p=p, h_in=h_in):
+                j, _ = _serial_jacobian(
+                    lays, p, h_in, train=train, key=None, chunk_size=None
+                )
+                return _to_full(j)
+
+        segs.append(Block(jvp, vjp, h_in.shape, h.shape, jac))
+        hs_in.append(h_in[None])
+        i += 1
+    bad = jnp.concatenate(
+        [~jnp.all(jnp.isfinite(v.reshape(v.shape[0], -1)), axis=1) for v in hs_in]
+        + [~jnp.all(jnp.isfinite(h))[None]]
+    )
+    first = jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
+    warn_first_nonfinite(first, "jgrad.analyze sweep", "h_{k}")
+    return segs, shapes, h
+
+
+def split_at(segs, index):
+    """(segments before block ``index``, segments from it on); ``index`` must be a
+    segment boundary (the ``cut`` of :func:`segments`)."""
+    i = 0
+    for s, seg in enumerate(segs):
+        if i == index:
+            return segs[:s], segs[s:]
+        i += seg_len(seg)
+    if i == index:
+        return segs, []
+    raise ValueError(f"block {index} is not a segment boundary")
+
+
+def fold(segs, step, carry, xs=None, *, reverse=False):
+    """Runs ``step(carry, block, x) -> (carry, y)`` over every block, first to last (or
+    last to first with ``reverse``), a ``lax.scan`` over each :class:`Run`.
+
+    Args:
+        segs: from :func:`segments`.
+        step: the per-block step; ``block`` is a :class:`Block`.
+        carry: the initial carry (its shape may change between segments, not within a
+            run).
+        xs: per-block inputs as a list with one entry per segment, each stacked along a
+            leading axis of the segment's length (see :func:`chunk`), or None.
+        reverse: sweep from the last block to the first.
+
+    Returns:
+        (final carry, ys): ys a list with one entry per segment, each stacked along a
+        leading axis of the segment's length, in block order (also when reversed).
+    """
+    ys = [None] * len(segs)
+    order = range(len(segs) - 1, -1, -1) if reverse else range(len(segs))
+    for s in order:
+        seg = segs[s]
+        x = None if xs is None else xs[s]
+        if isinstance(seg, Run):
+
+            def body(c, inp, seg=seg):
+                p, k, h, xi = inp
+                return step(c, _run_block(seg, p, k, h), xi)
+
+            carry, ys[s] = jax.lax.scan(
+                body, carry, (seg.ps, seg.ks, seg.hs, x), reverse=reverse
+            )
+        else:
+            carry, y = step(carry, seg, None if x is None else jax.tree.map(_first, x))
+            ys[s] = jax.tree.map(_lead, y)
+    return carry, ys
+
+
+def _first(a):
+    return a[0]
+
+
+def _lead(a):
+    return a[None]
+
+
+def group(segs, items):
+    """A per-block list as fold's xs: one array per segment, its blocks' items stacked."""
+    out, i = [], 0
+    for seg in segs:
+        r = seg_len(seg)
+        out.append(jnp.stack(items[i : i + r]))
+        i += r
+    return out
+
+
+def chunk(segs, per_block):
+    """Splits a stacked per-block array (or pytree), leading axis L, into fold's xs."""
+    out, i = [], 0
+    for seg in segs:
+        r = seg_len(seg)
+        out.append(jax.tree.map(lambda a, i=i, r=r: a[i : i + r], per_block))
+        i += r
+    return out
+
+
+def unchunk(ys):
+    """fold's ys as one array (pytree) stacked over all blocks, leading axis L; the
+    per-block entries must have equal shapes."""
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *ys)
+
+
+def per_block(ys):
+    """fold's ys as a list with one entry per block."""
+    out = []
+    for y in ys:
+        leaves = jax.tree.leaves(y)
+        r = leaves[0].shape[0] if leaves else 0
+        out.extend(jax.tree.map(lambda a, i=i: a[i], y) for i in range(r))
+    return out
