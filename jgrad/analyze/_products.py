@@ -100,8 +100,39 @@ def _normalize(m, log_scale):
     return m, log_scale + safe_log(n)
 
 
-def _as_mats(jacobians: Any, name: str = "jacobians"):
-    """A ``(L, m, n)`` array (scan path) or a tuple of 2-D arrays (loop path), checked."""
+ACCUMULATE = ("float32", "float64")
+
+
+def accumulate_dtype(accumulate: str | None):
+    """The dtype for ``accumulate`` (None: keep), checked before any tracing."""
+    if accumulate is None:
+        return None
+    _checks.choice("accumulate", accumulate, ACCUMULATE)
+    if (
+        accumulate == "float64"
+        and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64
+    ):
+        raise ValueError(
+            "`accumulate` must be None or 'float32' while JAX runs in 32-bit mode, got "
+            "'float64': without 64-bit mode JAX silently makes every float64 array "
+            "float32. Enable it first with jax.config.update('jax_enable_x64', True) "
+            "(or inside `with jax.enable_x64(True):`); float32 models stay float32."
+        )
+    return jnp.dtype(accumulate)
+
+
+def _as_mats(jacobians: Any, name: str = "jacobians", dtype=None):
+    """A ``(L, m, n)`` array (scan path) or a tuple of 2-D arrays (loop path), checked,
+    cast to ``dtype`` when given (the accumulation dtype)."""
+    mats = _as_mats_checked(jacobians, name)
+    if dtype is None:
+        return mats
+    if hasattr(mats, "shape"):
+        return mats.astype(dtype)
+    return tuple(m.astype(dtype) for m in mats)
+
+
+def _as_mats_checked(jacobians: Any, name: str):
     if isinstance(jacobians, Jacobians):
         jacobians = jacobians.mats
     if isinstance(jacobians, LogMatrix):
@@ -155,7 +186,11 @@ def _check_range(start, stop, length):
 
 
 def jacobian_product(
-    jacobians: Any, start: int = 0, stop: int | None = None
+    jacobians: Any,
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    accumulate: str | None = None,
 ) -> LogMatrix:
     """``d h_stop / d h_start = J_stop ... J_(start+1)`` in log space (rescaled).
 
@@ -164,6 +199,12 @@ def jacobian_product(
             ``(L, n, n)`` array.
         start: the layer index i of h_i (0 is the input).
         stop: the layer index j > i of h_j; default L (the output).
+        accumulate: dtype the products are accumulated in: None (the Jacobians'
+            own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
+            bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
+            of ``sigma_max * 1e-7`` (the rescaled method) and sums the QR logs to float64
+            rounding; the per-layer Jacobians keep the model's precision. Needs 64-bit JAX
+            (``jax.config.update("jax_enable_x64", True)``).
 
     Returns:
         A :class:`LogMatrix` of shape ``(n_stop, n_start)``; the identity when equal.
@@ -175,7 +216,7 @@ def jacobian_product(
         >>> round(float(p.log_scale / jnp.log(10.0)), 3)  # log10 of ||1e-120 I||_F
         -119.849
     """
-    mats = _as_mats(jacobians)
+    mats = _as_mats(jacobians, dtype=accumulate_dtype(accumulate))
     start, stop = _check_range(start, stop, len(mats))
     if start == stop:
         n = mats[start - 1].shape[0] if start else mats[0].shape[1]
@@ -198,14 +239,25 @@ def jacobian_product(
     return LogMatrix(m, s)
 
 
-def input_products(jacobians: Any) -> tuple[LogMatrix, ...] | LogMatrix:
+def input_products(
+    jacobians: Any, *, accumulate: str | None = None
+) -> tuple[LogMatrix, ...] | LogMatrix:
     """Every input-to-layer product ``d h_l / d h_0`` for l = 1..L, in one forward sweep.
+
+    Args:
+        jacobians: as :func:`jacobian_product`.
+        accumulate: dtype the products are accumulated in: None (the Jacobians'
+            own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
+            bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
+            of ``sigma_max * 1e-7`` (the rescaled method) and sums the QR logs to float64
+            rounding; the per-layer Jacobians keep the model's precision. Needs 64-bit JAX
+            (``jax.config.update("jax_enable_x64", True)``).
 
     Returns:
         For an ``(L, n, n)`` array, one stacked :class:`LogMatrix` with leading axis L (entry
         l-1 is ``d h_l / d h_0``); for a sequence, a tuple of L LogMatrix.
     """
-    mats = _as_mats(jacobians)
+    mats = _as_mats(jacobians, dtype=accumulate_dtype(accumulate))
     if hasattr(mats, "shape"):
         init = _normalize(mats[0], jnp.zeros((), mats.dtype))
 
@@ -223,17 +275,28 @@ def input_products(jacobians: Any) -> tuple[LogMatrix, ...] | LogMatrix:
     return tuple(out)
 
 
-def output_products(jacobians: Any) -> tuple[LogMatrix, ...] | LogMatrix:
+def output_products(
+    jacobians: Any, *, accumulate: str | None = None
+) -> tuple[LogMatrix, ...] | LogMatrix:
     """Every layer-to-output product ``d h_L / d h_l`` for l = 0..L-1, in one backward sweep.
 
     This is what back-propagation multiplies a gradient by: ``dL/dh_l = dL/dh_L d h_L/d h_l``.
     One sweep of L-1 matrix products, not L separate Jacobian computations.
 
+    Args:
+        jacobians: as :func:`jacobian_product`.
+        accumulate: dtype the products are accumulated in: None (the Jacobians'
+            own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
+            bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
+            of ``sigma_max * 1e-7`` (the rescaled method) and sums the QR logs to float64
+            rounding; the per-layer Jacobians keep the model's precision. Needs 64-bit JAX
+            (``jax.config.update("jax_enable_x64", True)``).
+
     Returns:
         For an ``(L, n, n)`` array, one stacked :class:`LogMatrix` with leading axis L (entry
         l is ``d h_L / d h_l``); for a sequence, a tuple of L LogMatrix in the same order.
     """
-    mats = _as_mats(jacobians)
+    mats = _as_mats(jacobians, dtype=accumulate_dtype(accumulate))
     if hasattr(mats, "shape"):
         init = _normalize(mats[-1], jnp.zeros((), mats.dtype))
 
@@ -286,6 +349,7 @@ def log_singular_values(
     *,
     start: int = 0,
     stop: int | None = None,
+    accumulate: str | None = None,
 ) -> jax.Array:
     """Natural-log singular values of ``J_stop ... J_(start+1)``, in descending order.
 
@@ -299,6 +363,12 @@ def log_singular_values(
             their sum is exactly ``log|det|``; they equal the log singular values only as
             depth grows.
         start, stop: the layer pair (default the whole network, input to output).
+        accumulate: dtype the products are accumulated in: None (the Jacobians'
+            own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
+            bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
+            of ``sigma_max * 1e-7`` (the rescaled method) and sums the QR logs to float64
+            rounding; the per-layer Jacobians keep the model's precision. Needs 64-bit JAX
+            (``jax.config.update("jax_enable_x64", True)``).
 
     Returns:
         ``(r,)`` log singular values, r = min of the dimensions along the product.
@@ -314,15 +384,18 @@ def log_singular_values(
         [109.86, -69.31]
     """
     _checks.choice("method", method, METHODS)
+    dtype = accumulate_dtype(accumulate)
     if isinstance(jacobians, LogMatrix):
         if method != "rescaled":
             raise ValueError(
                 f"`method` must be 'rescaled' for a LogMatrix (a product already formed), "
                 f"got {method!r}. Pass the Jacobians themselves for method='qr'."
             )
-        sv = svdvals(jacobians.matrix)
-        return jnp.log(sv) + jacobians.log_scale[..., None]
-    mats = _as_mats(jacobians)
+        m, s = jacobians
+        if dtype is not None:
+            m, s = m.astype(dtype), s.astype(dtype)
+        return jnp.log(svdvals(m)) + s[..., None]
+    mats = _as_mats(jacobians, dtype=dtype)
     start, stop = _check_range(start, stop, len(mats))
     if start == stop:
         raise ValueError(
@@ -337,11 +410,25 @@ def log_singular_values(
 
 
 def log_abs_det(
-    jacobians: Any, *, start: int = 0, stop: int | None = None
+    jacobians: Any,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    accumulate: str | None = None,
 ) -> jax.Array:
     """``log |det(J_stop ... J_(start+1))|`` by QR accumulation: exact at any depth and
-    conditioning (a sum of per-layer terms). Square products only."""
-    mats = _as_mats(jacobians)
+    conditioning (a sum of per-layer terms). Square products only.
+
+    Args:
+        jacobians, start, stop: as :func:`log_singular_values`.
+        accumulate: dtype the products are accumulated in: None (the Jacobians'
+            own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
+            bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
+            of ``sigma_max * 1e-7`` (the rescaled method) and sums the QR logs to float64
+            rounding; the per-layer Jacobians keep the model's precision. Needs 64-bit JAX
+            (``jax.config.update("jax_enable_x64", True)``).
+    """
+    mats = _as_mats(jacobians, dtype=accumulate_dtype(accumulate))
     start, stop = _check_range(start, stop, len(mats))
     if start == stop:  # the identity
         return jnp.zeros((), mats[0].dtype)

@@ -618,3 +618,65 @@ def test_products_errors(rng):
         spectrum_density(jnp.array([-jnp.inf, jnp.nan]))
     with pytest.raises(ValueError, match="`bins` must be a positive integer"):
         spectrum_density(jnp.ones(3), bins=0)
+
+
+def _graded_float32_stack(rng, depth=16, n=4):
+    """float32 Jacobians U_l diag(2, 1, 0.7, 0.5) U_(l-1)^T (random orthogonal U_l): the
+    rotations cancel in the product, whose singular values spread over about
+    4^depth = 4e9, beyond float32's eps (1.2e-7) but well within float64's (2.2e-16)."""
+    us = [np.linalg.qr(rng.normal(size=(n, n)))[0] for _ in range(depth + 1)]
+    d = np.diag([2.0, 1.0, 0.7, 0.5])
+    return np.asarray([us[i + 1] @ d @ us[i].T for i in range(depth)], np.float32)
+
+
+@pytest.mark.parametrize("as_tuple", [False, True])
+def test_float64_accumulation_of_float32_jacobians(as_tuple, rng):
+    """accumulate='float64' gives the float64 spectrum of the float32 Jacobians' product
+    (every singular value, 9 decades apart), where float32 accumulation keeps only those
+    within eps of the top; log|det| and the QR logs too."""
+    js32 = _graded_float32_stack(rng)
+    ref = np.linalg.svd(_explicit(js32, 0, len(js32)), compute_uv=False)
+    assert ref[0] / ref[-1] > 1e9
+    arg = tuple(jnp.asarray(j) for j in js32) if as_tuple else jnp.asarray(js32)
+    with jax.enable_x64(True):
+        sv64 = jax.jit(lambda j: log_singular_values(j, accumulate="float64"))(arg)
+        sv32 = jax.jit(log_singular_values)(arg)
+        det64 = log_abs_det(arg, accumulate="float64")
+        qr64 = log_singular_values(arg, method="qr", accumulate="float64")
+        prods = output_products(arg, accumulate="float64")
+        first = prods[0] if as_tuple else LogMatrix(prods.matrix[0], prods.log_scale[0])
+        first = np.asarray(first.value())
+    assert sv64.dtype == jnp.float64 and sv32.dtype == jnp.float32
+    # float64 SVD error in log sigma_i is about eps64 * sigma_1 / sigma_i (5e-7 for the
+    # smallest here): allow 100x that
+    tol = 100 * np.finfo(np.float64).eps * ref[0] / ref
+    assert np.all(np.abs(np.asarray(sv64) - np.log(ref)) <= np.maximum(tol, 1e-12))
+    # float32 accumulation: the top is right, the smallest (1e-9 of it) is lost
+    np.testing.assert_allclose(float(sv32[0]), np.log(ref[0]), rtol=1e-5)
+    assert abs(float(sv32[-1]) - np.log(ref[-1])) > 1.0
+    # log|det| of the product = sum of the layers' (each well conditioned)
+    det_ref = sum(np.linalg.slogdet(j.astype(np.float64))[1] for j in js32)
+    np.testing.assert_allclose(float(det64), det_ref, rtol=1e-12)
+    np.testing.assert_allclose(np.sum(np.asarray(qr64)), float(det64), rtol=1e-12)
+    np.testing.assert_allclose(
+        first,
+        _explicit(js32, 0, len(js32)),
+        rtol=1e-9,
+        atol=1e-9 * ref[0],
+    )
+
+
+def test_float64_accumulation_needs_x64_and_a_known_dtype(rng):
+    js = jnp.asarray(_graded_float32_stack(rng, depth=3))
+    if jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:  # 32-bit mode
+        with pytest.raises(ValueError, match="`accumulate`.*jax_enable_x64"):
+            log_singular_values(js, accumulate="float64")
+        with pytest.raises(ValueError, match="`accumulate`.*jax_enable_x64"):
+            output_products(js, accumulate="float64")
+    with pytest.raises(ValueError, match="`accumulate`.*one of"):
+        jacobian_product(js, accumulate="f64")
+    # float32 accumulation of float32 Jacobians is the default path
+    np.testing.assert_array_equal(
+        np.asarray(log_singular_values(js, accumulate="float32")),
+        np.asarray(log_singular_values(js)),
+    )

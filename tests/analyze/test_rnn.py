@@ -728,3 +728,40 @@ def test_parallel_products_eager_matches_jit(name, rng):
     for a, b, c in zip(eager, jitted, seq, strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-10, atol=1e-13)
         np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_float64_accumulation_of_a_float32_cell(parallel, rng):
+    """float32 cell, products accumulated in float64: equal to the float64 NumPy products
+    of the same float32 step Jacobians; the Lyapunov sums come out in float64 and their
+    total is the mean log|det| of those Jacobians."""
+    cell = CELLS["lstm"]
+    with jax.enable_x64(True):
+        params, xs, c0 = _setup(cell, rng, T=40, dtype=np.float32, wscale=1.5)
+        jac32, prods = jax.jit(
+            lambda p, x, c: (
+                rnn_step_jacobians(cell, p, x, c),
+                rnn_jacobian_products(
+                    cell, p, x, c, parallel=parallel, accumulate="float64"
+                ),
+            )
+        )(params, xs, c0)
+        assert jac32.dtype == jnp.float32
+        jac32 = np.asarray(jac32, np.float64)
+        lyap = jax.jit(
+            lambda p, x, c: lyapunov_spectrum(cell, p, x, c, accumulate="float64")
+        )(params, xs, c0)
+        vals = np.asarray(prods.value())
+    assert jac32.shape[0] == 40 and prods.matrix.dtype == jnp.float64
+    assert lyap.dtype == jnp.float64
+    ref = np.eye(jac32.shape[1])
+    for t in range(39, -1, -1):  # d s_T / d s_t = J_T ... J_{t+1}
+        ref = ref @ jac32[t]
+        np.testing.assert_allclose(
+            vals[t], ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max()
+        )
+    logdet = np.linalg.slogdet(jac32)[1]
+    # the JVPs run in float32 (1e-7 relative per step); the float64 sum adds nothing
+    np.testing.assert_allclose(np.sum(np.asarray(lyap)), logdet.mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="`accumulate`"):
+        rnn_jacobian_products(cell, params, xs, c0, accumulate="half")
