@@ -240,12 +240,15 @@ def jacobian_product(
 
 
 def input_products(
-    jacobians: Any, *, accumulate: str | None = None
+    jacobians: Any, *, parallel: bool = False, accumulate: str | None = None
 ) -> tuple[LogMatrix, ...] | LogMatrix:
     """Every input-to-layer product ``d h_l / d h_0`` for l = 1..L, in one forward sweep.
 
     Args:
         jacobians: as :func:`jacobian_product`.
+        parallel: combine with ``lax.associative_scan`` (O(log L) sequential depth,
+            about twice the flops, each partial product rescaled, so as stable as the
+            sweep); for an ``(L, n, n)`` array of equal square Jacobians only.
         accumulate: dtype the products are accumulated in: None (the Jacobians'
             own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
             bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
@@ -258,6 +261,9 @@ def input_products(
         l-1 is ``d h_l / d h_0``); for a sequence, a tuple of L LogMatrix.
     """
     mats = _as_mats(jacobians, dtype=accumulate_dtype(accumulate))
+    if _parallel(parallel, mats):
+        # element order kept: `a` holds the earlier layers' product, `b` the later ones'
+        return _assoc(mats, lambda a, b: b @ a, reverse=False)
     if hasattr(mats, "shape"):
         init = _normalize(mats[0], jnp.zeros((), mats.dtype))
 
@@ -275,8 +281,32 @@ def input_products(
     return tuple(out)
 
 
+def _parallel(parallel, mats) -> bool:
+    if not isinstance(parallel, bool):
+        raise ValueError(f"`parallel` must be True or False, got {parallel!r}.")
+    if parallel and not hasattr(mats, "shape"):
+        raise ValueError(
+            "`parallel=True` needs the Jacobians stacked as one (L, n, n) array (equal "
+            f"square layers), got {len(mats)} matrices of shapes "
+            f"{sorted({m.shape for m in mats})}. Use parallel=False (the sweep) for "
+            "layers of different widths."
+        )
+    return parallel
+
+
+def _assoc(mats, mul, reverse):
+    """Every prefix (or suffix, ``reverse``) product of the stacked ``mats`` by
+    ``lax.associative_scan``, each partial product rescaled in log space."""
+
+    def combine(a, b):
+        return _normalize(mul(a[0], b[0]), a[1] + b[1])
+
+    init = _normalize(mats, jnp.zeros(mats.shape[0], mats.dtype))
+    return LogMatrix(*jax.lax.associative_scan(combine, init, reverse=reverse))
+
+
 def output_products(
-    jacobians: Any, *, accumulate: str | None = None
+    jacobians: Any, *, parallel: bool = False, accumulate: str | None = None
 ) -> tuple[LogMatrix, ...] | LogMatrix:
     """Every layer-to-output product ``d h_L / d h_l`` for l = 0..L-1, in one backward sweep.
 
@@ -285,6 +315,9 @@ def output_products(
 
     Args:
         jacobians: as :func:`jacobian_product`.
+        parallel: combine with ``lax.associative_scan`` (O(log L) sequential depth,
+            about twice the flops, each partial product rescaled, so as stable as the
+            sweep); for an ``(L, n, n)`` array of equal square Jacobians only.
         accumulate: dtype the products are accumulated in: None (the Jacobians'
             own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
             bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
@@ -297,6 +330,9 @@ def output_products(
         l is ``d h_L / d h_l``); for a sequence, a tuple of L LogMatrix in the same order.
     """
     mats = _as_mats(jacobians, dtype=accumulate_dtype(accumulate))
+    if _parallel(parallel, mats):
+        # reversed: `a` holds the later layers' product, `b` the earlier ones'
+        return _assoc(mats, lambda a, b: a @ b, reverse=True)
     if hasattr(mats, "shape"):
         init = _normalize(mats[-1], jnp.zeros((), mats.dtype))
 

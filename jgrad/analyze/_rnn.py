@@ -37,7 +37,6 @@ import jax.numpy as jnp
 from jgrad import _checks
 from jgrad.analyze._products import (
     LogMatrix,
-    _normalize,
     accumulate_dtype,
     log_singular_values,
     output_products,
@@ -189,18 +188,7 @@ def rnn_jacobian_products(
     jac = rnn_step_jacobians(cell, params, xs, carry0)
     if dtype is not None:
         jac = jac.astype(dtype)
-    if not parallel:
-        return output_products(jac)
-
-    def combine(a, b):
-        # With reverse=True, `a` holds the later steps' product and `b` the earlier ones'
-        # (the element order is flipped), so the product is a @ b: J_T ... J_{t+1}.
-        m, s = _normalize(jnp.einsum("...ij,...jk->...ik", a[0], b[0]), a[1] + b[1])
-        return m, s
-
-    init = _normalize(jac, jnp.zeros(jac.shape[0], jac.dtype))
-    m, s = jax.lax.associative_scan(combine, init, reverse=True)
-    return LogMatrix(m, s)
+    return output_products(jac, parallel=parallel)
 
 
 class TimeGradFlow(NamedTuple):

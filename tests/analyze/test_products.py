@@ -680,3 +680,33 @@ def test_float64_accumulation_needs_x64_and_a_known_dtype(rng):
         np.asarray(log_singular_values(js, accumulate="float32")),
         np.asarray(log_singular_values(js)),
     )
+
+
+@pytest.mark.parametrize("depth", [1, 2, 37])
+def test_parallel_products_equal_the_sweeps(depth, rng):
+    """lax.associative_scan products (input and output) equal the sequential sweeps and
+    the float64 NumPy products, at odd and trivial depths, with scales 1e-3..1e3."""
+    js = _square_stack(rng, depth=depth, n=4)
+    with jax.enable_x64(True):
+        arg = jnp.asarray(js)
+        fin = jax.jit(lambda j: input_products(j, parallel=True))(arg)
+        fout = jax.jit(lambda j: output_products(j, parallel=True))(arg)
+        sin, sout = input_products(arg), output_products(arg)
+        vals = [np.asarray(p.value()) for p in (fin, fout, sin, sout)]
+    for k in range(depth):
+        ref_in = _explicit(js, 0, k + 1)
+        ref_out = _explicit(js, k, depth)
+        for got, ref in ((vals[0][k], ref_in), (vals[1][k], ref_out)):
+            np.testing.assert_allclose(
+                got, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max()
+            )
+    np.testing.assert_allclose(vals[0], vals[2], rtol=1e-9, atol=0)
+    np.testing.assert_allclose(fout.log_scale, sout.log_scale, rtol=1e-12)
+
+
+def test_parallel_products_need_equal_square_layers(rng):
+    mats = (jnp.asarray(rng.normal(size=(3, 4))), jnp.asarray(rng.normal(size=(2, 3))))
+    with pytest.raises(ValueError, match="`parallel=True`.*\\(L, n, n\\)"):
+        output_products(mats, parallel=True)
+    with pytest.raises(ValueError, match="`parallel`"):
+        input_products(jnp.asarray(_square_stack(rng)), parallel=1)
