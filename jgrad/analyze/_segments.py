@@ -109,13 +109,14 @@ def _same_consts(a, b) -> bool:
     return True
 
 
-def segments(net, params, x, *, blocks, train, key, cut=None):
+def segments(net, params, x, *, blocks, train, key, cut=None, single_after_cut=False):
     """Forward pass of one example; returns (segments, block input shapes, output).
 
     ``segments`` is a list of :class:`Block` (linearized) and :class:`Run`. The last block
     is always a single Block (the sweeps start from its closed-form Jacobian), and no run
     crosses block index ``cut`` (so that a sweep can cover the blocks from ``cut`` on
-    alone: :func:`split_at`). Reports (warns) the first non-finite block output."""
+    alone: :func:`split_at`); with ``single_after_cut`` the blocks from ``cut`` on are all
+    single Blocks. Reports (warns) the first non-finite block output."""
     layers, params, ends = resolve_net(net, params, blocks)
     if train and any(_couples_examples(lay) for lay in layers):
         raise ValueError(
@@ -165,10 +166,10 @@ def segments(net, params, x, *, blocks, train, key, cut=None):
         )
 
     n = len(parts)
-    cut = n if cut is None or not 0 < cut < n else cut
+    cut = n if cut is None or not 0 <= cut < n else cut
     segs, hs_in, i = [], [], 0
     while i < n:
-        stop = min(cut if i < cut else n, n - 1)  # the last block stays single
+        stop = min(cut if i < cut else (i + 1 if single_after_cut else n), n - 1)
         j = i + 1
         while j < stop and same(i, j):
             j += 1
@@ -269,16 +270,6 @@ def _first(a):
 
 def _lead(a):
     return a[None]
-
-
-def group(segs, items):
-    """A per-block list as fold's xs: one array per segment, its blocks' items stacked."""
-    out, i = [], 0
-    for seg in segs:
-        r = seg_len(seg)
-        out.append(jnp.stack(items[i : i + r]))
-        i += r
-    return out
 
 
 def chunk(segs, per_block):

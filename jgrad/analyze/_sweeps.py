@@ -29,9 +29,7 @@ from jgrad.analyze._products import LogMatrix, _normalize, safe_log, svdvals, ve
 from jgrad.analyze._segments import (
     chunk,
     fold,
-    group,
     per_block,
-    seg_len,
     segments,
     split_at,
     unchunk,
@@ -312,7 +310,14 @@ def output_norm_estimates(
     L = len(resolve_net(net, params, blocks)[2])
     t = min(tail, L)
     segs, shapes, y = segments(
-        net, params, x, blocks=blocks, train=train, key=dropout_key, cut=L - t
+        net,
+        params,
+        x,
+        blocks=blocks,
+        train=train,
+        key=dropout_key,
+        cut=L - t,
+        single_after_cut=True,
     )
     ny = y.size
     dtype = y.dtype
@@ -381,13 +386,8 @@ def output_norm_estimates(
     probe = [None] * len(segs) if full else glogs
     sn, starts, fro, rel_err = _map_by_shape(summary, rows, lgs, probe)
     if t and not full:
-        tail_segs = split_at(segs, L - t)[1]
-        top = _lanczos_top(
-            tail_segs,
-            group(tail_segs, starts[L - t :]),
-            chunk(tail_segs, fro[L - t :]),
-            iters,
-        )
+        maps = split_at(segs, L - t)[1]  # single Blocks
+        top = _lanczos_top(maps, starts[L - t :], fro[L - t :], iters, dtype)
         sn_t = 0.5 * (safe_log(jnp.maximum(top, 0.0)) + fro[L - t :])
         sn = sn.at[L - t :].set(jnp.maximum(sn[L - t :], sn_t))
     r = jnp.asarray([min(ny, math.prod(s)) for s in shapes], dtype)
@@ -427,116 +427,110 @@ def _unit(v):
     return v / jnp.linalg.norm(v)
 
 
-def _tail_apply(segs, vs):
-    """``P_l^T P_l v_l`` for every block l of the sub-network ``segs`` (products to its
-    output), all at once: one forward sweep in which v_l joins the pushed rows as the
-    sweep passes h_l, and one backward sweep in which row l is taken off at h_l. The
-    carry holds one row per product throughout (rows not yet joined are zero), so each
-    sweep is a ``lax.scan`` over every run of identical blocks.
+def _push_fwd(maps, vs, logs, start):
+    """Pushes vectors vs[l] (at h_l) forward to the output, each rescaled in log space.
 
-    vs: fold's xs of the (R, size(h_l)) vectors. Returns fold's ys of the results and
-    of their (R,) log scales."""
-    t = sum(seg_len(s) for s in segs)
-    index = chunk(segs, jnp.arange(t))
-    dtype = vs[0].dtype
-
-    def push(carry, blk, inp):
-        cur, lg = carry
-        v, i = inp
-        cur = cur.at[i].set(v.reshape(blk.in_shape))
-        lg = lg.at[i].set(0.0)
-        out = jax.vmap(blk.jvp)(cur).reshape((t, -1))
+    vs: list of L arrays (k, size(h_l)); returns (L, k, size(y)) and (L, k) logs."""
+    L = len(maps)
+    cur, cur_log = None, None
+    for m in range(start, L):
+        jvp, _, in_shape, out_shape, _ = maps[m]
+        v_new = vs[m].reshape((-1,) + in_shape)
+        add = v_new[None]
+        lg = logs[m][None]
+        cur = add if cur is None else jnp.concatenate([cur, add], axis=0)
+        cur_log = lg if cur_log is None else jnp.concatenate([cur_log, lg], axis=0)
+        a, k = cur.shape[0], cur.shape[1]
+        flat = cur.reshape((a * k,) + in_shape)
+        out = jax.vmap(jvp)(flat).reshape((a, k, -1))
         n = vec_norm(out)
-        out = out / jnp.where(n > 0, n, 1.0)[:, None]
-        return (out.reshape((t,) + blk.out_shape), lg + safe_log(n)), None
+        cur = (out / jnp.where(n > 0, n, 1.0)[..., None]).reshape((a, k) + out_shape)
+        cur_log = cur_log + safe_log(n)
+    return cur.reshape(cur.shape[:2] + (-1,)), cur_log
 
-    first = segs[0]
-    shape0 = first.shape if hasattr(first, "ps") else first.in_shape
-    cur0 = jnp.zeros((t,) + tuple(shape0), dtype)
-    lg0 = jnp.full((t,), -jnp.inf, dtype)
-    (cur, lg), _ = fold(segs, push, (cur0, lg0), list(zip(vs, index, strict=True)))
 
-    def pull(carry, blk, i):
-        cur, lg = carry
-        out = jax.vmap(blk.vjp)(cur.reshape((t,) + blk.out_shape)).reshape((t, -1))
+def _pull_back(maps, us, logs):
+    """Pulls vectors us[l] (at the output) back to h_l for every l, rescaled.
+
+    us: (L, k, size(y)); returns a list of L arrays (k, size(h_l)) and (L, k) logs."""
+    L = len(maps)
+    res, res_log = [None] * L, [None] * L
+    cur, cur_log = us, logs
+    for m in range(L - 1, -1, -1):
+        _, vjp, in_shape, out_shape, _ = maps[m]
+        a, k = cur.shape[0], cur.shape[1]
+        flat = cur.reshape((a * k,) + out_shape)
+        out = jax.vmap(vjp)(flat).reshape((a, k, -1))
         n = vec_norm(out)
-        out = out / jnp.where(n > 0, n, 1.0)[:, None]
-        lg = lg + safe_log(n)
-        return (out, lg), (out[i], lg[i])
+        out = out / jnp.where(n > 0, n, 1.0)[..., None]
+        lg = cur_log + safe_log(n)
+        res[m], res_log[m] = out[m], lg[m]
+        cur, cur_log = out[:m].reshape((m, k) + in_shape), lg[:m]
+    return res, jnp.stack(res_log)
 
-    _, ys = fold(segs, pull, (cur.reshape((t, -1)), lg), index, reverse=True)
-    return ys
 
+def _lanczos_top(maps, qs, log_c, iters, dtype):
+    """Top Ritz value of P_l^T P_l / exp(log_c_l) for every l of the sub-network ``maps``
+    (single Blocks; products to its output), after ``iters`` Lanczos steps from the start
+    vectors ``qs``.
 
-def _lanczos_top(segs, qs, log_c, iters):
-    """Top Ritz value of ``P_l^T P_l / exp(log_c_l)`` for every block l of the
-    sub-network ``segs`` (products to its output), after ``iters`` Lanczos steps (full
-    re-orthogonalisation) from the unit start vectors ``qs`` (fold's xs, (R, size(h_l))
-    per segment); ``log_c``: fold's xs of (R,). Returns the (t,) top Ritz values."""
-    tmap = jax.tree.map
-    dtype = qs[0].dtype
+    The sweeps are unrolled over the tail's blocks and triangular: the forward sweep adds
+    the vector of product l as it passes h_l, the backward sweep drops it there, so the
+    tail costs t (t + 1) block applications per step instead of the 2 t^2 of a scan that
+    carries a row per product throughout (measured: 34 against 46 ms at L = 32,
+    N = 256)."""
+    L = len(maps)
 
     def apply_a(vs):
-        ys = _tail_apply(segs, vs)
-        return [
-            b * jnp.exp(lb - c)[:, None] for (b, lb), c in zip(ys, log_c, strict=True)
-        ]
+        fwd, fwd_log = _push_fwd(
+            maps, [v[None] for v in vs], [jnp.zeros((1,), dtype)] * L, 0
+        )
+        bwd, bwd_log = _pull_back(maps, fwd, fwd_log)
+        scale = jnp.exp(bwd_log[:, 0] - log_c)
+        return [b[0] * s for b, s in zip(bwd, scale, strict=True)]
 
-    def dot(a, b):
-        return jnp.sum(a * b, axis=-1)
-
-    # the iterations in a fori_loop: the sweeps are traced once
+    # Lanczos with full re-orthogonalisation, the iterations in a fori_loop so that the
+    # sweeps are traced once (compile time independent of `iters`).
     def body(it, state):
         basis, cur, prev, beta, alphas, betas = state
         w = apply_a(cur)
-        alpha = tmap(dot, w, cur)
-        w = tmap(
-            lambda w, a, c, b, p: w - a[:, None] * c - b[:, None] * p,
-            w,
-            alpha,
-            cur,
-            beta,
-            prev,
-        )
-        for _ in range(2):  # rows of the basis not yet filled are zero: no effect
-            w = tmap(
-                lambda w, q: (
-                    w - jnp.einsum("rkn,rk->rn", q, jnp.einsum("rkn,rn->rk", q, w))
-                ),
-                w,
-                basis,
+        alpha = jnp.stack([jnp.vdot(wi, ci) for wi, ci in zip(w, cur, strict=True)])
+        w = [
+            wi - al * ci - be * pi
+            for wi, al, ci, be, pi in zip(w, alpha, cur, beta, prev, strict=True)
+        ]
+        # basis rows not yet filled are zero and project out nothing
+        w = [wi - bl.T @ (bl @ wi) for wi, bl in zip(w, basis, strict=True)]
+        w = [wi - bl.T @ (bl @ wi) for wi, bl in zip(w, basis, strict=True)]
+        beta_new = jnp.stack([jnp.linalg.norm(wi) for wi in w])
+        nxt = [wi / jnp.where(b > 0, b, 1.0) for wi, b in zip(w, beta_new, strict=True)]
+        basis = [
+            bl.at[jnp.minimum(it + 1, iters - 1)].set(
+                jnp.where(it + 1 < iters, n, bl[-1])
             )
-        beta_new = tmap(lambda w: jnp.linalg.norm(w, axis=-1), w)
-        nxt = tmap(lambda w, b: w / jnp.where(b > 0, b, 1.0)[:, None], w, beta_new)
-        slot = jnp.minimum(it + 1, iters - 1)
-        basis = tmap(
-            lambda q, n: q.at[:, slot].set(jnp.where(it + 1 < iters, n, q[:, slot])),
-            basis,
-            nxt,
-        )
-        alphas = alphas.at[it].set(jnp.concatenate(alpha))
-        betas = betas.at[it].set(jnp.concatenate(beta_new))
+            for bl, n in zip(basis, nxt, strict=True)
+        ]
+        alphas = alphas.at[it].set(alpha)
+        betas = betas.at[it].set(beta_new)
         return basis, nxt, cur, beta_new, alphas, betas
 
-    t = sum(q.shape[0] for q in qs)
-    basis0 = [
-        jnp.zeros((q.shape[0], iters, q.shape[1]), dtype).at[:, 0].set(q) for q in qs
-    ]
-    zeros = tmap(lambda q: jnp.zeros(q.shape[:1], dtype), qs)
+    basis0 = [jnp.zeros((iters, q.shape[0]), dtype).at[0].set(q) for q in qs]
     state = (
         basis0,
         qs,
-        tmap(jnp.zeros_like, qs),
-        zeros,
-        jnp.zeros((iters, t), dtype),
-        jnp.zeros((iters, t), dtype),
+        [jnp.zeros_like(q) for q in qs],
+        jnp.zeros((L,), dtype),
+        jnp.zeros((iters, L), dtype),
+        jnp.zeros((iters, L), dtype),
     )
     *_, alphas, betas = jax.lax.fori_loop(0, iters, body, state)
-    off = betas[:-1].T  # (t, iters-1)
-    tri = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(
+    off = betas[:-1].T  # (L, iters-1)
+    t = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(
         alphas.T, off
     )
-    return jnp.linalg.eigvalsh(tri)[:, -1]
+    top = jnp.linalg.eigvalsh(t)[:, -1]
+
+    return top
 
 
 def _matrix_lanczos_top(m, iters, key):

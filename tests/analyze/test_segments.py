@@ -35,6 +35,10 @@ def test_identical_blocks_form_one_run_and_the_cut_splits_it(getkey):
     assert _kinds(_segs(net, params, x)) == ["block", ("run", 9), "block"]
     segs = _segs(net, params, x, cut=7)
     assert _kinds(segs) == ["block", ("run", 6), ("run", 3), "block"]
+    tail = _segments.segments(
+        net, params, x, blocks=True, train=False, key=None, cut=7, single_after_cut=True
+    )[0]
+    assert _kinds(tail) == ["block", ("run", 6)] + ["block"] * 4
     before, after = _segments.split_at(segs, 7)
     assert len(before) == 2 and len(after) == 2
     with pytest.raises(ValueError, match="boundary"):
