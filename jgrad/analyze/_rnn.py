@@ -43,7 +43,7 @@ from jgrad.analyze._products import (
     safe_log,
     vec_norm,
 )
-from jgrad.rnn._cell import Cell, LSTMState
+from jgrad.rnn._cell import Cell, LSTMState, carry_like_step
 from jgrad.rnn._unroll import _validate
 
 __all__ = [
@@ -85,6 +85,7 @@ def _states(cell, params, xs, carry0):
     """(xp (T, G), previous states (T, n), next states (T, n)), validated."""
     _check_cell(cell)
     _validate(cell, params, xs, carry0, None, 1, None, "value")
+    carry0 = carry_like_step(cell, params, carry0, xs)
     xp = cell.input_proj(params, xs)
 
     def body(c, xp_t):
@@ -345,6 +346,7 @@ def lyapunov_spectrum(
             "one step to average over."
         )
     dtype = accumulate_dtype(accumulate)
+    carry0 = carry_like_step(cell, params, carry0, xs)
     xp = cell.input_proj(params, xs)
     f = _step_fn(cell, params)
     s0 = flatten_carry(carry0)

@@ -75,3 +75,32 @@ def check_carry(cell: Cell, carry: Any, name: str = "carry0") -> None:
                 f"sequence), got {jnp.shape(c)}. For a batch, jax.vmap over unroll with the "
                 "carry's batch axis mapped."
             )
+
+
+def carry_like_step(cell: Cell, params: Any, carry: Any, x: jax.Array) -> Any:
+    """``carry`` cast to the dtype ``cell.step`` gives it, so that ``lax.scan`` accepts it:
+    ``cell.init_carry()`` is float32, and with float64 params or inputs the step's carry
+    comes out float64. A floating carry is widened to the widest of its own, the recurrent
+    weight's and the input's float dtypes (explicitly, so also under strict dtype
+    promotion, where the step would reject a float32 carry against float64 weights).
+
+    Args:
+        cell, params: the cell and its params.
+        carry: the initial carry (any leading batch axes).
+        x: the inputs (only their dtype is used).
+    """
+    del cell
+    floats = [
+        jnp.dtype(d)
+        for d in (jnp.result_type(params["w_hh"]), jnp.result_type(x))
+        if jnp.issubdtype(d, jnp.floating)
+    ]
+
+    def cast(a):
+        dt = jnp.result_type(a)
+        if not jnp.issubdtype(dt, jnp.floating):
+            return a
+        wide = max([jnp.dtype(dt)] + floats, key=lambda d: jnp.finfo(d).bits)
+        return a if jnp.finfo(wide).bits == jnp.finfo(dt).bits else jnp.asarray(a, wide)
+
+    return jax.tree.map(cast, carry)

@@ -31,7 +31,7 @@ from jax import lax
 
 from jgrad import _checks
 from jgrad.nn._activations import activation as get_activation
-from jgrad.rnn._cell import Cell, LSTMState
+from jgrad.rnn._cell import Cell, LSTMState, carry_like_step
 
 __all__ = ["unroll_batch"]
 
@@ -346,6 +346,7 @@ def unroll_batch(
         lengths = jnp.full((B,), T) if seq_lengths is None else seq_lengths
         return jax.vmap(one)(xs, carry0, lengths)
 
+    carry0 = carry_like_step(cell, params, carry0, xs)
     valid = None
     if seq_lengths is not None:
         valid = jnp.arange(T)[:, None] < jnp.asarray(seq_lengths)[None, :]  # (T, B)

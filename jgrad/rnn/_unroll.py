@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jgrad import _checks
-from jgrad.rnn._cell import Cell, LSTMState, check_carry
+from jgrad.rnn._cell import Cell, LSTMState, carry_like_step, check_carry
 
 __all__ = ["unroll", "unroll_stack", "bidirectional", "clip_carry_grad"]
 
@@ -162,6 +162,7 @@ def unroll(
         ((5, 8), (8,))
     """
     _validate(cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode)
+    carry0 = carry_like_step(cell, params, carry0, xs)
     xp = cell.input_proj(params, xs)
     T = xs.shape[0]
 

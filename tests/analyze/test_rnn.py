@@ -765,3 +765,17 @@ def test_float64_accumulation_of_a_float32_cell(parallel, rng):
     np.testing.assert_allclose(np.sum(np.asarray(lyap)), logdet.mean(), rtol=1e-5)
     with pytest.raises(ValueError, match="`accumulate`"):
         rnn_jacobian_products(cell, params, xs, c0, accumulate="half")
+
+
+def test_float64_params_with_a_float32_carry(rng):
+    """The default init_carry() is float32; with float64 params the analyzers cast it to
+    float64 (as unroll does) and give the same numbers as a hand-cast carry."""
+    cell = CELLS["lstm"]
+    with jax.enable_x64(True):
+        params, xs, c0 = _setup(cell, rng, T=12)
+        c32 = jax.tree.map(lambda a: a.astype(jnp.float32), c0)
+        c64 = jax.tree.map(lambda a: a.astype(jnp.float64), c32)
+        for fn in (rnn_step_jacobians, lyapunov_spectrum):
+            a, b = fn(cell, params, xs, c32), fn(cell, params, xs, c64)
+            assert a.dtype == jnp.float64
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

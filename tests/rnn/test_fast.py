@@ -126,3 +126,24 @@ def test_bad_input(getkey):
         rnn.unroll_batch(cell, params, xs[..., :3], cell.init_carry((B,)))
     with pytest.raises(ValueError, match="T = 0"):
         rnn.unroll_batch(cell, params, xs[:, :0], cell.init_carry((B,)))
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru_reset_before", "vanilla_tanh"])
+def test_float64_params_with_the_default_float32_carry(name, getkey):
+    """cell.init_carry() is float32; with float64 params the step's carry is float64 and
+    lax.scan used to reject the pair. Now the carry is cast to the step's dtype: same
+    results as casting it by hand, in float64, for unroll and unroll_batch."""
+    key = getkey()
+    with jax.enable_x64(True):
+        cell, params, xs, carry0, _ = _setup(CELLS[name], key, jnp.float64)
+        c32 = jax.tree.map(lambda a: a.astype(jnp.float32), carry0)
+        c64 = jax.tree.map(lambda a: a.astype(jnp.float32).astype(jnp.float64), c32)
+        f_b, ys_b = rnn.unroll_batch(cell, params, xs, c32)
+        r_b, rys_b = rnn.unroll_batch(cell, params, xs, c64)
+        f_1, ys_1 = rnn.unroll(cell, params, xs[0], jax.tree.map(lambda a: a[0], c32))
+        assert ys_b.dtype == jnp.float64 and ys_1.dtype == jnp.float64
+        np.testing.assert_array_equal(np.asarray(ys_b), np.asarray(rys_b))
+        for a, b in zip(jax.tree.leaves(f_b), jax.tree.leaves(r_b), strict=True):
+            assert a.dtype == jnp.float64
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(ys_1, rys_b[0], rtol=1e-12, atol=1e-14)
