@@ -223,18 +223,26 @@ def _push_sum(segs, zs, zlogs):
     return acc
 
 
-def _top_eig(g, squarings=6):
-    """Top eigenvalue and eigenvector of the PSD matrix g (r, r), by repeated squaring
-    (g^(2^squarings), trace-normalised) and a Rayleigh quotient. The quotient lies in
-    [lambda_2, lambda_1] and is within lambda_1 (lambda_j / lambda_1)^(2^squarings) of
-    lambda_1 for every other eigenvalue lambda_j: exact to float precision unless the top
-    eigenvalues are nearly equal, and then close to lambda_1 anyway."""
+def _top_eig(g, squarings=3, powers=8):
+    """Top eigenvalue and eigenvector of the PSD matrix g (r, r): ``squarings`` repeated
+    squarings give m = g^(2^squarings) (trace-normalised), whose column of largest
+    diagonal is then multiplied by m ``powers`` more times (matrix-vector products, r^2
+    each instead of a squaring's r^3), and a Rayleigh quotient with g is taken. The vector
+    is g^(2^squarings * (powers + 1)) applied to a unit vector (g^72 by default), so the
+    quotient lies in [lambda_2, lambda_1] and is within about
+    lambda_1 (lambda_j / lambda_1)^72 of lambda_1 for every other eigenvalue lambda_j:
+    exact to float precision unless the top eigenvalues are nearly equal, and then close
+    to lambda_1 anyway. (Six squarings cost twice as much for the same power: 19 against
+    about 9 ms for 2048 24 x 24 matrices on 2 CPU cores.)"""
     tiny = jnp.finfo(g.dtype).tiny
     m = g / jnp.maximum(jnp.trace(g), tiny)
     for _ in range(squarings):
         m = m @ m
         m = m / jnp.maximum(jnp.trace(m), tiny)
     v = m[:, jnp.argmax(jnp.diagonal(m))]
+    for _ in range(powers):
+        v = v / jnp.maximum(jnp.max(jnp.abs(v)), tiny)
+        v = m @ v
     v = v / jnp.maximum(jnp.linalg.norm(v), tiny)
     return jnp.maximum(v @ g @ v, 0.0), v
 

@@ -233,3 +233,24 @@ def test_output_norms_exact_mean_square_and_lanczos_spectral_norm(getkey):
                 norms.log_spectral_norm[i], np.log(sv[0]), rtol=1e-8, atol=1e-8
             )
         assert float(jnp.max(norms.mean_sq_rel_err)) == 0.0
+
+
+def test_top_eig_matches_numpy_and_never_exceeds_the_top(rng):
+    """_top_eig (3 squarings + 8 matrix-vector powers, g^72) against numpy.linalg.eigvalsh:
+    exact to float precision for a spread spectrum; for two nearly equal top eigenvalues
+    the Rayleigh quotient stays between them."""
+    from jgrad.analyze._sweeps import _top_eig
+
+    q, _ = np.linalg.qr(rng.normal(size=(24, 24)))
+    for top2 in (0.5, 0.999):
+        lam = np.concatenate([[1.0, top2], np.sort(rng.uniform(0, 0.4, 22))[::-1]])
+        g = (q * lam) @ q.T
+        val, vec = jax.jit(_top_eig)(jnp.asarray(g, jnp.float32))
+        assert float(val) <= 1.0 + 1e-5
+        if top2 == 0.5:
+            np.testing.assert_allclose(float(val), 1.0, rtol=1e-5)
+            np.testing.assert_allclose(
+                abs(float(np.asarray(vec) @ q[:, 0])), 1.0, rtol=1e-4
+            )
+        else:
+            assert float(val) >= top2 - 1e-5
