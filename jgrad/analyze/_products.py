@@ -249,12 +249,7 @@ def input_products(
         parallel: combine with ``lax.associative_scan`` (O(log L) sequential depth,
             about twice the flops, each partial product rescaled, so as stable as the
             sweep); for an ``(L, n, n)`` array of equal square Jacobians only.
-        accumulate: dtype the products are accumulated in: None (the Jacobians'
-            own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
-            bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
-            of ``sigma_max * 1e-7`` (the rescaled method) and sums the QR logs to float64
-            rounding; the per-layer Jacobians keep the model's precision. Needs 64-bit JAX
-            (``jax.config.update("jax_enable_x64", True)``).
+        accumulate: as :func:`jacobian_product`.
 
     Returns:
         For an ``(L, n, n)`` array, one stacked :class:`LogMatrix` with leading axis L (entry
@@ -315,15 +310,8 @@ def output_products(
 
     Args:
         jacobians: as :func:`jacobian_product`.
-        parallel: combine with ``lax.associative_scan`` (O(log L) sequential depth,
-            about twice the flops, each partial product rescaled, so as stable as the
-            sweep); for an ``(L, n, n)`` array of equal square Jacobians only.
-        accumulate: dtype the products are accumulated in: None (the Jacobians'
-            own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
-            bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
-            of ``sigma_max * 1e-7`` (the rescaled method) and sums the QR logs to float64
-            rounding; the per-layer Jacobians keep the model's precision. Needs 64-bit JAX
-            (``jax.config.update("jax_enable_x64", True)``).
+        parallel: as :func:`input_products`.
+        accumulate: as :func:`jacobian_product`.
 
     Returns:
         For an ``(L, n, n)`` array, one stacked :class:`LogMatrix` with leading axis L (entry
@@ -399,12 +387,7 @@ def log_singular_values(
             their sum is exactly ``log|det|``; they equal the log singular values only as
             depth grows.
         start, stop: the layer pair (default the whole network, input to output).
-        accumulate: dtype the products are accumulated in: None (the Jacobians'
-            own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
-            bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
-            of ``sigma_max * 1e-7`` (the rescaled method) and sums the QR logs to float64
-            rounding; the per-layer Jacobians keep the model's precision. Needs 64-bit JAX
-            (``jax.config.update("jax_enable_x64", True)``).
+        accumulate: as :func:`jacobian_product`.
 
     Returns:
         ``(r,)`` log singular values, r = min of the dimensions along the product.
@@ -457,12 +440,7 @@ def log_abs_det(
 
     Args:
         jacobians, start, stop: as :func:`log_singular_values`.
-        accumulate: dtype the products are accumulated in: None (the Jacobians'
-            own), ``"float32"`` or ``"float64"``. ``"float64"`` under a float32 (or
-            bfloat16) model keeps singular values down to ``sigma_max * 1e-16`` instead
-            of ``sigma_max * 1e-7`` (the rescaled method) and sums the QR logs to float64
-            rounding; the per-layer Jacobians keep the model's precision. Needs 64-bit JAX
-            (``jax.config.update("jax_enable_x64", True)``).
+        accumulate: as :func:`jacobian_product`.
     """
     mats = _as_mats(jacobians, dtype=accumulate_dtype(accumulate))
     start, stop = _check_range(start, stop, len(mats))

@@ -85,7 +85,7 @@ def _states(cell, params, xs, carry0):
     """(xp (T, G), previous states (T, n), next states (T, n)), validated."""
     _check_cell(cell)
     _validate(cell, params, xs, carry0, None, 1, None, "value")
-    carry0 = carry_like_step(cell, params, carry0, xs)
+    carry0 = carry_like_step(params, carry0, xs)
     xp = cell.input_proj(params, xs)
 
     def body(c, xp_t):
@@ -346,7 +346,7 @@ def lyapunov_spectrum(
             "one step to average over."
         )
     dtype = accumulate_dtype(accumulate)
-    carry0 = carry_like_step(cell, params, carry0, xs)
+    carry0 = carry_like_step(params, carry0, xs)
     xp = cell.input_proj(params, xs)
     f = _step_fn(cell, params)
     s0 = flatten_carry(carry0)

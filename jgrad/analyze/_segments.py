@@ -237,7 +237,7 @@ def fold(segs, step, carry, xs=None, *, reverse=False):
         carry: the initial carry (its shape may change between segments, not within a
             run).
         xs: per-block inputs as a list with one entry per segment, each stacked along a
-            leading axis of the segment's length (see :func:`chunk`), or None.
+            leading axis of the segment's length (as fold's own ys), or None.
         reverse: sweep from the last block to the first.
 
     Returns:
@@ -270,16 +270,6 @@ def _first(a):
 
 def _lead(a):
     return a[None]
-
-
-def chunk(segs, per_block):
-    """Splits a stacked per-block array (or pytree), leading axis L, into fold's xs."""
-    out, i = [], 0
-    for seg in segs:
-        r = seg_len(seg)
-        out.append(jax.tree.map(lambda a, i=i, r=r: a[i : i + r], per_block))
-        i += r
-    return out
 
 
 def unchunk(ys):

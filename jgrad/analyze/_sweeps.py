@@ -27,7 +27,6 @@ from jgrad import _checks
 from jgrad.analyze._jacobians import resolve_net
 from jgrad.analyze._products import LogMatrix, _normalize, safe_log, svdvals, vec_norm
 from jgrad.analyze._segments import (
-    chunk,
     fold,
     per_block,
     segments,
@@ -80,18 +79,15 @@ def _rescale(m, s):
     return m / jnp.where(a > 0, a, 1.0), s + safe_log(a)
 
 
-def _sweep(net, params, x, blocks, train, key, emit, xs=None):
+def _sweep(net, params, x, blocks, train, key, emit):
     """The backward sweep of the rescaled products ``d y / d h_l``, l = L-1 .. 0.
 
-    ``emit(m, s[, x_l])`` maps each product (``m`` scaled to max|entry| = 1, ``s`` the
-    log of the scale) to what the caller keeps of it, inside the sweep: an SVD or a norm
-    taken there lets XLA free the product at once (on CPU, touching fresh memory for all
-    L products costs as much as several SVDs). ``xs``: optional per-block inputs of
-    ``emit``, stacked over the L blocks. Returns (fold's ys of ``emit``, the product
+    ``emit(m, s)`` maps each product (``m`` scaled to max|entry| = 1, ``s`` the log of
+    the scale) to what the caller keeps of it, inside the sweep: an SVD or a norm taken
+    there lets XLA free the product at once (on CPU, touching fresh memory for all L
+    products costs as much as several SVDs). Returns (fold's ys of ``emit``, the product
     ``d y / d h_0`` as (m, s))."""
     segs, _, y = segments(net, params, x, blocks=blocks, train=train, key=key)
-    call = (lambda m, s, _: emit(m, s)) if xs is None else emit
-    xs = None if xs is None else chunk(segs, xs)
     last = segs[-1]  # always a single block
     if last.jac is not None:  # its Jacobian in closed form, no matmul
         m = last.jac().reshape(y.size, -1)
@@ -99,20 +95,14 @@ def _sweep(net, params, x, blocks, train, key, emit, xs=None):
         eye = jnp.eye(y.size, dtype=y.dtype)
         m = jax.vmap(lambda r: last.vjp(r.reshape(last.out_shape)).ravel())(eye)
     m, s = _rescale(m, jnp.zeros((), y.dtype))
-    y_last = jax.tree.map(
-        lambda a: a[None],
-        call(m, s, None if xs is None else jax.tree.map(lambda a: a[0], xs[-1])),
-    )
+    y_last = jax.tree.map(lambda a: a[None], emit(m, s))
 
-    def step(carry, blk, xl):
-        m, s = carry
-        m = jax.vmap(lambda r: blk.vjp(r.reshape(blk.out_shape)).ravel())(m)
-        m, s = _rescale(m, s)
-        return (m, s), call(m, s, xl)
+    def step(carry, blk, _):
+        m = jax.vmap(lambda r: blk.vjp(r.reshape(blk.out_shape)).ravel())(carry[0])
+        m, s = _rescale(m, carry[1])
+        return (m, s), emit(m, s)
 
-    (m, s), ys = fold(
-        segs[:-1], step, (m, s), None if xs is None else xs[:-1], reverse=True
-    )
+    (m, s), ys = fold(segs[:-1], step, (m, s), reverse=True)
     return ys + [y_last], (m, s)
 
 
@@ -592,7 +582,8 @@ def output_norms(
 
     Args:
         net, params, x: as :func:`output_sweep` (one example).
-        key: PRNG key for the Lanczos start vectors.
+        key: PRNG key for the Lanczos start vector (one random vector, shared by the
+            products of equal width).
         iters: Lanczos steps, >= 1.
         blocks, train: as :func:`output_sweep`.
         dropout_key: the dropout key for ``train=True``.
@@ -602,15 +593,13 @@ def output_norms(
     """
     _checks.positive_int("iters", iters)
 
-    def emit(m, s, k):  # inside the sweep: the product is freed once summarized
+    def emit(m, s):  # inside the sweep: the product is freed once summarized
         # entries <= 1 in magnitude: the squared Frobenius norm cannot overflow
         fro2 = jnp.sum(jnp.square(m))
-        r = min(m.shape)
-        top = _matrix_lanczos_top(m, iters, k)
-        return jnp.log(top) + s, jnp.log(fro2) + 2 * s - math.log(r)
+        top = _matrix_lanczos_top(m, iters, key)  # one start vector per width
+        return jnp.log(top) + s, jnp.log(fro2) + 2 * s - math.log(min(m.shape))
 
-    keys = jax.random.split(key, len(resolve_net(net, params, blocks)[2]))
-    ys, _ = _sweep(net, params, x, blocks, train, dropout_key, emit, keys)
+    ys, _ = _sweep(net, params, x, blocks, train, dropout_key, emit)
     sn, ms = unchunk(ys)
     return NormEstimates(
         log_spectral_norm=sn, log_mean_sq=ms, mean_sq_rel_err=jnp.zeros_like(ms)

@@ -77,7 +77,7 @@ def check_carry(cell: Cell, carry: Any, name: str = "carry0") -> None:
             )
 
 
-def carry_like_step(cell: Cell, params: Any, carry: Any, x: jax.Array) -> Any:
+def carry_like_step(params: Any, carry: Any, x: jax.Array) -> Any:
     """``carry`` cast to the dtype ``cell.step`` gives it, so that ``lax.scan`` accepts it:
     ``cell.init_carry()`` is float32, and with float64 params or inputs the step's carry
     comes out float64. A floating carry is widened to the widest of its own, the recurrent
@@ -85,11 +85,10 @@ def carry_like_step(cell: Cell, params: Any, carry: Any, x: jax.Array) -> Any:
     promotion, where the step would reject a float32 carry against float64 weights).
 
     Args:
-        cell, params: the cell and its params.
+        params: the cell's params (only the dtype of ``w_hh`` is used).
         carry: the initial carry (any leading batch axes).
         x: the inputs (only their dtype is used).
     """
-    del cell
     floats = [
         jnp.dtype(d)
         for d in (jnp.result_type(params["w_hh"]), jnp.result_type(x))

@@ -346,7 +346,7 @@ def unroll_batch(
         lengths = jnp.full((B,), T) if seq_lengths is None else seq_lengths
         return jax.vmap(one)(xs, carry0, lengths)
 
-    carry0 = carry_like_step(cell, params, carry0, xs)
+    carry0 = carry_like_step(params, carry0, xs)
     valid = None
     if seq_lengths is not None:
         valid = jnp.arange(T)[:, None] < jnp.asarray(seq_lengths)[None, :]  # (T, B)

@@ -162,7 +162,7 @@ def unroll(
         ((5, 8), (8,))
     """
     _validate(cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode)
-    carry0 = carry_like_step(cell, params, carry0, xs)
+    carry0 = carry_like_step(params, carry0, xs)
     xp = cell.input_proj(params, xs)
     T = xs.shape[0]
 
