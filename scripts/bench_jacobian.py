@@ -27,6 +27,10 @@ environment alone (what a user who never set it gets). torch sets its own thread
 
     python scripts/bench_jacobian.py                  # the grid, writes runs/bench_jacobian.json
     python scripts/bench_jacobian.py --quick          # one small shape (a smoke run)
+
+On a GPU the torch baseline runs on CUDA (synchronized before the clock is read);
+``--precision highest`` turns TF32 off in JAX and torch (the default leaves each library's
+own: TF32 for JAX's float32 matmuls on recent NVIDIA GPUs, full float32 for torch's).
 """
 
 from __future__ import annotations
@@ -58,8 +62,11 @@ import numpy as np  # noqa: E402
 import jgrad  # noqa: E402
 from jgrad import analyze  # noqa: E402
 from jgrad.experiments._bench import (  # noqa: E402
+    device_label,
     matmul_gflops,
     median_time,
+    set_precision,
+    torch_device,
     write_results,
 )
 
@@ -95,9 +102,10 @@ def torch_case(params, xs, repeats, threads):
     except ImportError:
         return None
     torch.set_num_threads(threads)
-    ws = [torch.tensor(np.asarray(p["w"])) for p in params[::2]]
-    bs = [torch.tensor(np.asarray(p["b"])) for p in params[::2]]
-    x = torch.tensor(np.asarray(xs))
+    dev = torch_device()
+    ws = [torch.tensor(np.asarray(p["w"]), device=dev) for p in params[::2]]
+    bs = [torch.tensor(np.asarray(p["b"]), device=dev) for p in params[::2]]
+    x = torch.tensor(np.asarray(xs), device=dev)
 
     def f(v):
         for w, b in zip(ws, bs, strict=True):
@@ -106,7 +114,10 @@ def torch_case(params, xs, repeats, threads):
 
     def run():
         with torch.no_grad():
-            return torch.linalg.svdvals(vmap(jacrev(f))(x))
+            out = torch.linalg.svdvals(vmap(jacrev(f))(x))
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return out
 
     t, iqr = median_time(run, repeats)
     return {"seconds": t, "iqr": iqr, "compile_seconds": None}
@@ -132,7 +143,14 @@ def main(argv=None):
     ap.add_argument(
         "--shapes", default=None, help="comma-separated L:N:B shapes (default the grid)"
     )
+    ap.add_argument(
+        "--precision",
+        default="default",
+        help="float32 matmul precision: 'default' (each library's own; TF32 for JAX on "
+        "recent NVIDIA GPUs) or 'highest' (full float32 in JAX and torch)",
+    )
     args = ap.parse_args(argv)
+    set_precision(args.precision)
     grid = QUICK if args.quick else GRID
     if args.shapes:
         grid = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
@@ -140,8 +158,8 @@ def main(argv=None):
     peak = matmul_gflops(args.repeats)
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
     print(
-        f"float32 matmul peak (XLA, 2048^3): {peak:.1f} GFLOP/s; torch threads {threads}; "
-        f"OPENBLAS_NUM_THREADS={blas}"
+        f"device {device_label()}; precision {args.precision}; float32 matmul peak "
+        f"(XLA): {peak:.1f} GFLOP/s; torch threads {threads}; OPENBLAS_NUM_THREADS={blas}"
     )
     rows = []
     for L, N, B in grid:
@@ -329,6 +347,8 @@ def main(argv=None):
         matmul_peak_gflops=peak,
         openblas_num_threads=blas,
         torch_threads=threads,
+        precision=args.precision,
+        device=device_label(),
     )
     print(f"\nwrote {args.out}")
 

@@ -9,6 +9,11 @@ the same run.
 
     python scripts/bench_rnn.py                      # the full grid, writes runs/bench_rnn.json
     python scripts/bench_rnn.py --quick              # one small shape (a smoke run)
+
+On a GPU the same script times torch on CUDA (cuDNN's fused RNN kernels) and synchronizes
+before reading the clock; ``--precision highest`` turns TF32 off in both libraries (the
+default leaves each library's own default: TF32 in JAX's matmuls and cuDNN's RNNs).
+``--shapes B:T:D:H,...`` replaces the grid.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgrad import rnn
-from jgrad.experiments._bench import matmul_gflops, median_time, write_results
+from jgrad.experiments._bench import (
+    device_label,
+    matmul_gflops,
+    median_time,
+    set_precision,
+    torch_device,
+    write_results,
+)
 
 GRID = [(32, 128, 128, 256), (32, 512, 64, 128), (8, 1024, 32, 64)]
 QUICK = [(4, 16, 8, 16)]
@@ -131,15 +143,18 @@ def time_torch(kind, shape, repeats, threads):
     except ImportError:
         return None
     torch.set_num_threads(threads)
+    dev = torch_device()
     B, T, D, H = shape
     mod = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "vanilla": torch.nn.RNN}[kind]
-    m = mod(D, H, batch_first=True)
-    xs = torch.randn(B, T, D)
+    m = mod(D, H, batch_first=True).to(dev)
+    xs = torch.randn(B, T, D, device=dev)
 
     def run():
         m.zero_grad(set_to_none=True)
         y, _ = m(xs)
         (y**2).sum().backward()
+        if dev == "cuda":
+            torch.cuda.synchronize()
 
     return _median_time(run, repeats)
 
@@ -150,12 +165,27 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--kinds", default="lstm,gru,vanilla")
     p.add_argument("--out", default="runs/bench_rnn.json")
+    p.add_argument(
+        "--precision",
+        default="default",
+        help="float32 matmul precision: 'default' (each library's own; TF32 on recent "
+        "NVIDIA GPUs) or 'highest' (full float32 in JAX and torch)",
+    )
+    p.add_argument(
+        "--shapes",
+        default=None,
+        help="comma-separated B:T:D:H shapes (default the grid)",
+    )
     args = p.parse_args(argv)
+    set_precision(args.precision)
     grid = QUICK if args.quick else GRID
+    if args.shapes:
+        grid = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
     threads = os.cpu_count() or 1
     peak = matmul_gflops(args.repeats)
     print(
-        f"float32 matmul peak (XLA, 2048^3): {peak:.1f} GFLOP/s; torch threads {threads}"
+        f"device {device_label()}; precision {args.precision}; float32 matmul peak "
+        f"(XLA): {peak:.1f} GFLOP/s; torch threads {threads}"
     )
     rows = []
     for shape in grid:
@@ -167,6 +197,7 @@ def main(argv=None):
             }
             if hasattr(rnn, "unroll_batch"):
                 impls["jgrad fast"] = jgrad_fn(kind, fast=True)
+                impls["jgrad fast unroll=4"] = jgrad_fn(kind, 4, fast=True)
             if kind == "lstm":
                 impls["flax LSTMCell"] = flax_fn("LSTMCell")
                 impls["flax OptimizedLSTMCell"] = flax_fn("OptimizedLSTMCell")
@@ -235,6 +266,8 @@ def main(argv=None):
         rows,
         matmul_peak_gflops=peak,
         torch_threads=threads,
+        precision=args.precision,
+        device=device_label(),
     )
     print(f"\nwrote {args.out}")
 

@@ -651,9 +651,10 @@ def test_float64_accumulation_of_float32_jacobians(as_tuple, rng):
     # smallest here): allow 100x that
     tol = 100 * np.finfo(np.float64).eps * ref[0] / ref
     assert np.all(np.abs(np.asarray(sv64) - np.log(ref)) <= np.maximum(tol, 1e-12))
-    # float32 accumulation: the top is right, the smallest (1e-9 of it) is lost
+    # float32 accumulation: the top is right, the smallest (1e-9 of it) is lost (off by
+    # 1.2 in log on CPU, 0.97 on an H100: rounding differs, the loss does not)
     np.testing.assert_allclose(float(sv32[0]), np.log(ref[0]), rtol=1e-5)
-    assert abs(float(sv32[-1]) - np.log(ref[-1])) > 1.0
+    assert abs(float(sv32[-1]) - np.log(ref[-1])) > 0.5
     # log|det| of the product = sum of the layers' (each well conditioned)
     det_ref = sum(np.linalg.slogdet(j.astype(np.float64))[1] for j in js32)
     np.testing.assert_allclose(float(det64), det_ref, rtol=1e-12)

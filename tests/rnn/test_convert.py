@@ -130,8 +130,9 @@ def test_matches_flax_outputs_and_gradients(rng, name, flax_cls):
     if name == "gru":
         # flax has no recurrent bias for r and z: to_flax folds b_hh[r], b_hh[z] into the
         # input bias, so the flax gradient of those maps to b_ih only; jgrad's b_hh[:2H]
-        # gradient equals its b_ih[:2H] gradient (they enter the same sum).
-        np.testing.assert_allclose(gp["b_hh"][: 2 * H], gp["b_ih"][: 2 * H], rtol=1e-6)
+        # gradient equals its b_ih[:2H] gradient (they enter the same sum; summed in another
+        # order, 1.1e-6 apart relative on an H100).
+        np.testing.assert_allclose(gp["b_hh"][: 2 * H], gp["b_ih"][: 2 * H], rtol=1e-5)
         np.testing.assert_allclose(
             gp["b_hh"][2 * H :], mapped["b_hh"][2 * H :], rtol=GRAD_RTOL, atol=GRAD_ATOL
         )
