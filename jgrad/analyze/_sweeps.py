@@ -25,7 +25,14 @@ import jax.numpy as jnp
 
 from jgrad import _checks
 from jgrad.analyze._jacobians import resolve_net
-from jgrad.analyze._products import LogMatrix, _normalize, safe_log, svdvals, vec_norm
+from jgrad.analyze._products import (
+    SVD_WHERE,
+    LogMatrix,
+    _normalize,
+    safe_log,
+    svdvals,
+    vec_norm,
+)
 from jgrad.analyze._segments import (
     fold,
     per_block,
@@ -106,8 +113,8 @@ def _sweep(net, params, x, blocks, train, key, emit):
     return ys + [y_last], (m, s)
 
 
-def _log_svdvals(m, s):
-    return jnp.log(svdvals(m)) + s
+def _log_svdvals(m, s, svd="device"):
+    return jnp.log(svdvals(m, svd)) + s
 
 
 def output_spectra(
@@ -118,18 +125,23 @@ def output_spectra(
     blocks: bool = True,
     train: bool = False,
     key: jax.Array | None = None,
+    svd: str = "device",
 ) -> tuple[jax.Array, ...]:
     """Log singular values (natural log, descending) of every ``d y / d h_l``.
 
     One backward sweep (:func:`output_sweep`) and one SVD (singular values only) per
     product, taken inside the sweep as the product is formed. Exact at any depth for the
     top singular values; those below ``sigma_max * eps`` are lost (the rescaled method;
-    see ``log_singular_values``).
+    see ``log_singular_values``). On a GPU pass ``svd="host"`` (as in
+    ``log_singular_values``): the SVDs, not the sweep, are nearly all the time there.
 
     Returns:
         A tuple of L arrays, entry l the spectrum of ``d y / d h_l``.
     """
-    ys, _ = _sweep(net, params, x, blocks, train, key, _log_svdvals)
+    _checks.choice("svd", svd, SVD_WHERE)
+    ys, _ = _sweep(
+        net, params, x, blocks, train, key, lambda m, s: _log_svdvals(m, s, svd)
+    )
     return tuple(per_block(ys))
 
 
@@ -140,11 +152,14 @@ def input_output_spectrum(
     *,
     train: bool = False,
     key: jax.Array | None = None,
+    svd: str = "device",
 ) -> jax.Array:
     """Log singular values of the input-output Jacobian ``d y / d x`` (rescaled, exact
-    top singular values at any depth), by one rescaled reverse sweep and one SVD."""
+    top singular values at any depth), by one rescaled reverse sweep and one SVD
+    (``svd`` as in ``log_singular_values``)."""
+    _checks.choice("svd", svd, SVD_WHERE)
     _, (m, s) = _sweep(net, params, x, True, train, key, lambda m, s: None)
-    return _log_svdvals(m, s)
+    return _log_svdvals(m, s, svd)
 
 
 class NormEstimates(NamedTuple):

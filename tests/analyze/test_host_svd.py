@@ -1,0 +1,82 @@
+"""svd="host": singular values from NumPy's LAPACK on the host, through a callback."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jgrad import analyze, nn
+from jgrad.analyze._host_svd import host_svdvals
+from jgrad.analyze._products import LogMatrix
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 7), (3, 6, 4), (2, 3, 5, 5), (0, 4, 4)])
+def test_host_svdvals_equal_numpy_float64(rng, dtype, shape):
+    m = rng.standard_normal(shape).astype(dtype)
+    with jax.enable_x64(dtype == np.float64):
+        got = jax.jit(host_svdvals)(jnp.asarray(m))
+        assert got.dtype == dtype and got.shape == shape[:-2] + (min(shape[-2:]),)
+    ref = np.linalg.svd(m.astype(np.float64), compute_uv=False)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(
+        np.asarray(got), ref, rtol=tol, atol=tol * ref.max(initial=0)
+    )
+
+
+def test_host_svdvals_under_vmap_and_many_threads(rng):
+    """40 matrices (split over the thread pool) under a vmap equal one by one."""
+    m = rng.standard_normal((8, 5, 6, 6)).astype(np.float32)
+    got = jax.jit(jax.vmap(host_svdvals))(jnp.asarray(m))
+    for i in range(8):
+        for j in range(5):
+            np.testing.assert_allclose(
+                got[i, j], np.linalg.svd(m[i, j], compute_uv=False), rtol=1e-5
+            )
+
+
+def test_a_non_finite_matrix_gives_nan_and_leaves_the_others(rng):
+    m = rng.standard_normal((3, 4, 4)).astype(np.float32)
+    m[1, 2, 0] = np.nan
+    got = np.asarray(jax.jit(host_svdvals)(jnp.asarray(m)))
+    assert np.all(np.isnan(got[1]))
+    for i in (0, 2):
+        np.testing.assert_allclose(
+            got[i], np.linalg.svd(m[i], compute_uv=False), rtol=1e-5
+        )
+
+
+def test_spectrum_functions_with_host_svd_equal_the_device_path(getkey):
+    with jax.enable_x64(True):
+        net = nn.mlp(5, 7, activation="tanh", weight_var=1.5, bias_var=0.05)
+        _, params = net.init(getkey(), (7,))
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        xs = jax.random.normal(getkey(), (3, 7), jnp.float64)
+        for fn in (analyze.output_spectra, analyze.input_output_spectrum):
+            host = jax.jit(jax.vmap(lambda x, fn=fn: fn(net, params, x, svd="host")))(
+                xs
+            )
+            dev = jax.vmap(lambda x, fn=fn: fn(net, params, x))(xs)
+            for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(dev), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+        js = analyze.layer_jacobians(net, params, xs[0])
+        np.testing.assert_allclose(
+            analyze.log_singular_values(js, svd="host"),
+            analyze.log_singular_values(js),
+            rtol=1e-10,
+        )
+        prod = LogMatrix(jnp.eye(3, dtype=jnp.float64) / np.sqrt(3), jnp.float64(5.0))
+        np.testing.assert_allclose(
+            analyze.log_singular_values(prod, svd="host"), 5.0 - 0.5 * np.log(3)
+        )
+
+
+def test_bad_svd_argument(getkey):
+    net = nn.mlp(2, 4)
+    _, params = net.init(getkey(), (4,))
+    x = jax.random.normal(getkey(), (4,))
+    for fn in (analyze.output_spectra, analyze.input_output_spectrum):
+        with pytest.raises(ValueError, match="`svd`.*'device', 'host'"):
+            fn(net, params, x, svd="gpu")
+    with pytest.raises(ValueError, match="`svd`"):
+        analyze.log_singular_values(jnp.eye(4)[None], svd="cpu")
