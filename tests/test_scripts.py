@@ -60,3 +60,19 @@ def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
     # output_norms' mean squared singular value is exact.
     assert c["output_norms (16 Lanczos steps, exact mean sq.)"]["ms_rel_err_max"] < 1e-5
     assert "matmul peak" in capsys.readouterr().out
+
+
+def test_bench_svd_quick(tmp_path, monkeypatch, capsys):
+    data = _run_script(
+        "bench_svd.py",
+        ["--quick", "--repeats", "1"],
+        monkeypatch,
+        tmp_path / "svd.json",
+    )
+    by = {r["route"]: r for r in data["rows"]}
+    assert {"jnp.linalg.svd", 'jgrad svd="host"', "sqrt eigvalsh(M M^T)"} <= set(by)
+    # exact routes agree with float64 NumPy on the values float32 resolves
+    assert by["jnp.linalg.svd"]["max_log_err"] < 1e-3
+    assert by['jgrad svd="host"']["max_log_err"] < 1e-3
+    assert data["command"].startswith("python scripts/bench_svd.py --quick")
+    assert "max |dlog s|" in capsys.readouterr().out

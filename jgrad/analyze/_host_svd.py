@@ -7,8 +7,14 @@ does one such matrix in about 2 ms per core. ``svd="host"`` on the spectrum func
 the SVD there through :func:`jax.pure_callback`: the matrices are copied to host memory,
 split over a thread pool (NumPy releases the GIL inside LAPACK), and the values copied back.
 
+NumPy computes the SVD of a float32 matrix in float64 (its linalg promotes) and returns
+float32, so these values are more accurate than float32 LAPACK's (largest log error
+5.9e-8 against 2.7e-6 for XLA's on graded 256 x 256 matrices, ``scripts/bench_svd.py``),
+at about twice the time per matrix.
+
 What it gives up: the callback has no derivative (differentiate through ``svd="device"``),
-and the copies cost time on CPU-only machines, where XLA's own SVD is the same LAPACK.
+and on CPU-only machines it is slower than XLA's own SVD (1.9x for 16 matrices of
+256 x 256 on 2 cores).
 """
 
 from __future__ import annotations
