@@ -95,8 +95,9 @@ NETS = [
 
 @pytest.mark.parametrize("kw", NETS)
 def test_every_sweep_is_the_same_with_and_without_runs(kw, getkey, monkeypatch):
-    """Runs (lax.scan, the block recomputed from stacked params) against the unrolled
-    per-block linearization, in float64: output_sweep, output_spectra,
+    """Runs (lax.scan over stacked params, with the linearizations stored by the forward
+    scan, and re-linearizing each block instead) against the unrolled per-block
+    linearization, in float64: output_sweep, output_spectra,
     input_output_spectrum, output_norms and output_norm_estimates (Lanczos tail across a
     run boundary, dropout keys stacked)."""
     with jax.enable_x64(True):
@@ -133,13 +134,17 @@ def test_every_sweep_is_the_same_with_and_without_runs(kw, getkey, monkeypatch):
             net, params, x, blocks=True, train=train, key=dkey if train else None
         )[0]
         assert any(isinstance(s, _segments.Run) for s in segs)
-        with_runs = jax.jit(run_all)(x)
+        assert all(s.lin is not None for s in segs if isinstance(s, _segments.Run))
+        with_runs = jax.jit(run_all)(x)  # linearizations stored by the forward scan
+        monkeypatch.setattr(_segments, "STORE_LINEARIZATION", False)
+        relinearized = jax.jit(run_all)(x)  # every sweep step re-linearizes its block
         monkeypatch.setattr(_segments, "MIN_RUN", 10**9)
         unrolled = jax.jit(run_all)(x)
-        for a, b in zip(
-            jax.tree.leaves(with_runs), jax.tree.leaves(unrolled), strict=True
-        ):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        for other in (relinearized, unrolled):
+            for a, b in zip(
+                jax.tree.leaves(with_runs), jax.tree.leaves(other), strict=True
+            ):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_program_size_does_not_grow_with_depth(getkey):
