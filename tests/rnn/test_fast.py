@@ -147,3 +147,59 @@ def test_float64_params_with_the_default_float32_carry(name, getkey):
             assert a.dtype == jnp.float64
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         np.testing.assert_allclose(ys_1, rys_b[0], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_unroll_4_the_accelerator_default_gives_the_same_gradients(name, getkey):
+    """unroll=4 (the default on GPUs) against vmap(unroll); T = 9 is not a multiple of 4."""
+    cell, params, xs, carry0, w = _setup(CELLS[name], getkey())
+    ref, _ = _losses(cell, w, {})
+
+    def fast4(params, xs, carry0):
+        final, ys = rnn.unroll_batch(cell, params, xs, carry0, unroll=4)
+        return jnp.sum(ys**2 * w) + sum(
+            jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(final)
+        )
+
+    g_ref = jax.grad(ref, argnums=(0, 1, 2))(params, xs, carry0)
+    g4 = jax.grad(fast4, argnums=(0, 1, 2))(params, xs, carry0)
+    np.testing.assert_allclose(
+        fast4(params, xs, carry0), ref(params, xs, carry0), rtol=1e-5
+    )
+    for a, b in zip(jax.tree.leaves(g4), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_default_unroll_follows_the_backend(getkey, monkeypatch):
+    """unroll=None takes DEFAULT_UNROLL for JAX's default backend (1 on CPU)."""
+    from jgrad.rnn import _fast
+
+    cell = rnn.lstm(H)
+    params = cell.init(getkey(), D)
+    xs = jax.random.normal(getkey(), (B, T, D))
+
+    backend = "cpu" if jax.default_backend() == "cpu" else "accelerator"
+    assert _scan_unrolls(cell, params, xs) == {_fast.DEFAULT_UNROLL[backend]}
+    monkeypatch.setitem(_fast.DEFAULT_UNROLL, backend, 3)
+    assert _scan_unrolls(cell, params, xs) == {3}
+
+
+def _all_eqns(jaxpr):
+    for eq in jaxpr.eqns:
+        yield eq
+        for v in eq.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else [v]:
+                inner = getattr(sub, "jaxpr", None)
+                if inner is not None:
+                    yield from _all_eqns(getattr(inner, "jaxpr", inner))
+
+
+def _scan_unrolls(cell, params, xs):
+    jaxpr = jax.make_jaxpr(
+        lambda p: rnn.unroll_batch(cell, p, xs, cell.init_carry((B,)))[1]
+    )(params)
+    return {
+        eq.params["unroll"]
+        for eq in _all_eqns(jaxpr.jaxpr)
+        if eq.primitive.name == "scan"
+    }
