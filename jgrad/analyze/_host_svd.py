@@ -2,8 +2,9 @@
 
 XLA's GPU SVD handles a batch of matrices larger than 32 x 32 one matrix at a time: on an
 H100, the singular values of 16 matrices of 256 x 256 took 106 ms and of 512 of them 3.5 s
-(jax 0.11.2; torch's ``linalg.svdvals`` on the same GPU took as long). The host's LAPACK
-does one such matrix in about 2 ms per core. ``svd="host"`` on the spectrum functions moves
+(jax 0.11.2; torch's ``linalg.svdvals`` on the same GPU took as long). A host core does
+one such matrix in about 3 ms in float32 LAPACK, 6 ms through NumPy (float64, below), and
+the host has several cores. ``svd="host"`` on the spectrum functions moves
 the SVD there through :func:`jax.pure_callback`: the matrices are copied to host memory,
 split over a thread pool (NumPy releases the GIL inside LAPACK), and the values copied back.
 
@@ -14,9 +15,11 @@ at about twice the time per matrix.
 
 What it gives up: the callback has no derivative (differentiate through ``svd="device"``),
 and on a CPU-only machine it is slower than XLA's own SVD in isolation (1.9x for 16
-matrices of 256 x 256 on 2 cores). Inside a sweep's loop it can be faster even there:
-XLA takes an SVD batch one matrix at a time, and runs slower in a loop than unrolled: ``output_spectra`` at L = 128,
-N = 128 took 0.81x the time with ``svd="host"``.
+matrices of 256 x 256 on 2 cores). Inside a sweep's loop it can be faster even there, as
+XLA's SVDs run 1.7-1.8x slower in a loop than unrolled: ``output_spectra`` at L = 128,
+N = 128 took 0.81x the time with ``svd="host"``. On the H100 machine it gained 1.5-2.1x,
+less than its 16 cores promise (about 107 ms per callback of 16 matrices: the threads did
+not run in parallel there, cause not established).
 """
 
 from __future__ import annotations

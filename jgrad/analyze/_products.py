@@ -399,8 +399,9 @@ def log_singular_values(
             on the array's device. ``"host"``: NumPy's LAPACK on the host CPU through
             ``jax.pure_callback``, threaded over the batch. On a GPU this is far faster
             for matrices larger than 32 x 32, which XLA's GPU SVD takes one at a time
-            (H100: 16 of 256 x 256 in 106 ms). It is not differentiable, and on a CPU-only
-            machine it is the same LAPACK plus copies.
+            (H100: 16 of 256 x 256 in 106 ms). NumPy computes in float64, so the values
+            are more accurate. It is not differentiable, and on a CPU-only machine it is
+            mostly slower (see ``jgrad.analyze._host_svd``).
 
     Returns:
         ``(r,)`` log singular values, r = min of the dimensions along the product.
