@@ -76,14 +76,14 @@ def output_sweep(
     return tuple(LogMatrix(*_normalize(m, s)) for m, s in per_block(ys))
 
 
-def _rescale(m, s):
-    """m / max|m| and the log scale s + log max|m| (m unchanged when it is all zero).
+def _scale(m, s):
+    """(max|m|, or 1 where m is all zero; the log scale s + log max|m|).
 
-    Dividing by max|entry| (one reduction, which XLA fuses with the pull-back's elementwise
+    Scaling by max|entry| (one reduction, which XLA fuses with the pull-back's elementwise
     work) instead of the Frobenius norm (two more passes) keeps the sweep at the speed of a
     plain ``jax.jacrev``; the scale convention does not change singular values."""
     a = jnp.max(jnp.abs(m))
-    return m / jnp.where(a > 0, a, 1.0), s + safe_log(a)
+    return jnp.where(a > 0, a, 1.0), s + safe_log(a)
 
 
 def _sweep(net, params, x, blocks, train, key, emit):
@@ -101,16 +101,23 @@ def _sweep(net, params, x, blocks, train, key, emit):
     else:
         eye = jnp.eye(y.size, dtype=y.dtype)
         m = jax.vmap(lambda r: last.vjp(r.reshape(last.out_shape)).ravel())(eye)
-    m, s = _rescale(m, jnp.zeros((), y.dtype))
-    y_last = jax.tree.map(lambda a: a[None], emit(m, s))
+    # The carry is (r, s, inv): the product is exp(s) * r * inv with inv = 1 / max|r|.
+    # Scaling r by inv happens inside the next pull-back (a scalar XLA fuses into the
+    # pull-back's elementwise work), not as a pass of its own; emit gets the scaled
+    # product, which XLA drops when emit does not use it (input_output_spectrum).
+    a, s = _scale(m, jnp.zeros((), y.dtype))
+    inv = 1 / a
+    y_last = jax.tree.map(lambda v: v[None], emit(m * inv, s))
 
     def step(carry, blk, _):
-        m = jax.vmap(lambda r: blk.vjp(r.reshape(blk.out_shape)).ravel())(carry[0])
-        m, s = _rescale(m, carry[1])
-        return (m, s), emit(m, s)
+        r, s, inv = carry
+        r = jax.vmap(lambda v: blk.vjp((v * inv).reshape(blk.out_shape)).ravel())(r)
+        a, s = _scale(r, s)
+        inv = 1 / a
+        return (r, s, inv), emit(r * inv, s)
 
-    (m, s), ys = fold(segs[:-1], step, (m, s), reverse=True)
-    return ys + [y_last], (m, s)
+    (r, s, inv), ys = fold(segs[:-1], step, (m, s, inv), reverse=True)
+    return ys + [y_last], (r * inv, s)
 
 
 def _log_svdvals(m, s, svd="device"):

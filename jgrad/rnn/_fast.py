@@ -336,7 +336,9 @@ def unroll_batch(
         _checks.positive("grad_clip", grad_clip)
     _checks.choice("grad_clip_mode", grad_clip_mode, ("value", "norm"))
     if unroll is None:
-        unroll = DEFAULT_UNROLL["cpu" if jax.default_backend() == "cpu" else "accelerator"]
+        unroll = DEFAULT_UNROLL[
+            "cpu" if jax.default_backend() == "cpu" else "accelerator"
+        ]
     _checks.positive_int("unroll", unroll)
     if cell.kind == "gru" and not cell.options["reset_after"]:
         from jgrad.rnn._unroll import unroll as unroll_one
