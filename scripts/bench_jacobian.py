@@ -64,9 +64,11 @@ import numpy as np  # noqa: E402
 import jgrad  # noqa: E402
 from jgrad import analyze  # noqa: E402
 from jgrad.experiments._bench import (  # noqa: E402
+    add_precision_arg,
     device_label,
     matmul_gflops,
     median_time,
+    parse_shapes,
     set_precision,
     torch_device,
     write_results,
@@ -145,17 +147,12 @@ def main(argv=None):
     ap.add_argument(
         "--shapes", default=None, help="comma-separated L:N:B shapes (default the grid)"
     )
-    ap.add_argument(
-        "--precision",
-        default="default",
-        help="float32 matmul precision: 'default' (each library's own; TF32 for JAX on "
-        "recent NVIDIA GPUs) or 'highest' (full float32 in JAX and torch)",
-    )
+    add_precision_arg(ap)
     args = ap.parse_args(argv)
     set_precision(args.precision)
     grid = QUICK if args.quick else GRID
     if args.shapes:
-        grid = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+        grid = parse_shapes(args.shapes)
     threads = os.cpu_count() or 1
     peak = matmul_gflops(args.repeats)
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")

@@ -28,9 +28,11 @@ import numpy as np
 
 from jgrad import rnn
 from jgrad.experiments._bench import (
+    add_precision_arg,
     device_label,
     matmul_gflops,
     median_time,
+    parse_shapes,
     set_precision,
     torch_device,
     write_results,
@@ -165,12 +167,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--kinds", default="lstm,gru,vanilla")
     p.add_argument("--out", default="runs/bench_rnn.json")
-    p.add_argument(
-        "--precision",
-        default="default",
-        help="float32 matmul precision: 'default' (each library's own; TF32 on recent "
-        "NVIDIA GPUs) or 'highest' (full float32 in JAX and torch)",
-    )
+    add_precision_arg(p)
     p.add_argument(
         "--shapes",
         default=None,
@@ -180,7 +177,7 @@ def main(argv=None):
     set_precision(args.precision)
     grid = QUICK if args.quick else GRID
     if args.shapes:
-        grid = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+        grid = parse_shapes(args.shapes)
     threads = os.cpu_count() or 1
     peak = matmul_gflops(args.repeats)
     print(

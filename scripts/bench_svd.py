@@ -31,8 +31,10 @@ from jax.lax.linalg import SvdAlgorithm, svd
 
 from jgrad.analyze._host_svd import host_svdvals
 from jgrad.experiments._bench import (
+    add_precision_arg,
     device_label,
     median_time,
+    parse_shapes,
     set_precision,
     torch_device,
     write_results,
@@ -95,13 +97,13 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="one tiny shape")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--shapes", default=None, help="comma-separated B:N batch shapes")
-    p.add_argument("--precision", default="default", help="as bench_rnn.py")
+    add_precision_arg(p)
     p.add_argument("--out", default="runs/bench_svd.json")
     args = p.parse_args(argv)
     set_precision(args.precision)
     shapes = QUICK if args.quick else SHAPES
     if args.shapes:
-        shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+        shapes = parse_shapes(args.shapes)
     print(f"device {device_label()}; precision {args.precision}")
     rows = []
     for batch, n in shapes:

@@ -19,6 +19,8 @@ __all__ = [
     "set_precision",
     "torch_device",
     "device_label",
+    "add_precision_arg",
+    "parse_shapes",
 ]
 
 PRECISIONS = ("default", "highest")
@@ -113,3 +115,19 @@ def device_label() -> str:
     """A short description of JAX's first device, e.g. "cpu" or "gpu: NVIDIA H100 ..."."""
     d = jax.devices()[0]
     return f"{d.platform}: {getattr(d, 'device_kind', '')}".rstrip(": ")
+
+
+def add_precision_arg(parser) -> None:
+    """Adds the benchmark scripts' shared ``--precision`` option (see set_precision)."""
+    parser.add_argument(
+        "--precision",
+        default="default",
+        choices=PRECISIONS,
+        help="float32 matmul precision: 'default' (each library's own; TF32 on recent "
+        "NVIDIA GPUs) or 'highest' (full float32 in JAX and torch)",
+    )
+
+
+def parse_shapes(text: str) -> list[tuple[int, ...]]:
+    """``"32:128:128:256,8:1024:32:64"`` -> ``[(32, 128, 128, 256), (8, 1024, 32, 64)]``."""
+    return [tuple(int(v) for v in s.split(":")) for s in text.split(",")]
