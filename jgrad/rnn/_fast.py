@@ -55,18 +55,27 @@ def _mix(m, new, old):
 
 # --- LSTM ------------------------------------------------------------------------------
 #
-# One custom_vjp over the whole layer (input weights included), feature-major inside:
-# the carries are h^T, c^T of shape (H, B), and each step is ONE matmul
+# One custom_vjp over the whole layer (input weights included). The forward loop is
+# feature-major: the carries are h^T, c^T of shape (H, B), and each step is ONE matmul
 # W^T (4H, D+H) @ [x_t^T; h^T] (D+H, B). With B = 32, a matmul whose rows are the 4H gates
 # runs about 20% faster on CPU than (B, H) @ (H, 4H), and the input projection inside the
 # step leaves no (T, B, 4H) array to write and read back. All four gates come from ONE
 # elementwise op, gate = a * tanh(s * z) + b (sigmoid(z) = 0.5 tanh(z / 2) + 0.5 for i, f,
-# o; tanh for g). The forward loop stores [x_t, h_{t-1}] (batch-major, for the weight
-# gradient), c_{t-1} and the gates; the backward loop recomputes tanh(c_t), forms the gate
-# cotangents dz_t and gets [dx_t; dh_{t-1}] from ONE matmul [W_ih; W_hh] @ dz_t^T; after it,
-# ONE (D+H, T*B) @ (T*B, 4H) matmul gives [dW_ih; dW_hh]. Measured at (B, T, D, H) =
-# (32, 128, 128, 256): 0.77x the time of the batch-major version with the hoisted
-# projection (docs/benchmarks.md).
+# o; tanh for g).
+#
+# What is stored is kept to the minimum, because the scratch memory of a call decides
+# its speed as much as its flops do: glibc serves a block above 32 MiB (its largest
+# dynamic mmap threshold) with a fresh mmap on every call, and the kernel then faults in
+# and zeroes every page of it, about 1.3 us per 4 KiB page here. The forward loop writes
+# the outputs h_t into ys (B, T, H), the gates into gs (B, T, 4H) and c_{t-1} as its
+# stacked output (T, H, B); nothing else. The backward loop runs batch-major and
+# overwrites, in place, the gates of step t with the gate cotangents dz_t, and dL/dy_t
+# (read at step t only) with h_{t-1}: after it, gs holds dz and the dL/dy buffer holds the
+# shifted h, so [dW_ih; dW_hh] are two (., B*T) @ (B*T, 4H) matmuls with no (T, B, .) copy
+# made for them. Each loop reads step t-1's slices from the buffers it has just updated,
+# which lets XLA do the writes in place (a read of step t after the write would make it
+# copy the whole buffer every step). At (B, T, D, H) = (32, 128, 128, 256) the scratch went
+# from 55.6 to 29.7 MiB and the call from 107 to 91 ms (docs/benchmarks.md, session 6).
 
 
 def _lstm_consts(H, dtype):
@@ -78,12 +87,117 @@ def _lstm_consts(H, dtype):
 
 @partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _lstm_layer(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll):
-    """xs (B, T, D), h0/c0 (B, H), mask (T, 1, B) or None -> (hs (T, B, H), hT, cT)."""
+    """xs (B, T, D), h0/c0 (B, H), mask (T, 1, B) or None -> (ys (B, T, H), hT, cT)."""
     out, _ = _lstm_fwd(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll)
     return out
 
 
 def _lstm_fwd(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll):
+    fwd = _lstm_fwd_inplace if unroll == 1 else _lstm_fwd_stacked
+    return fwd(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll)
+
+
+def _lstm_bwd(clip, mode, unroll, res, cts):
+    bwd = _lstm_bwd_inplace if unroll == 1 else _lstm_bwd_stacked
+    return bwd(clip, mode, unroll, res, cts)
+
+
+def _lstm_fwd_inplace(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll):
+    B, T, _ = xs.shape
+    H = h0.shape[-1]
+    s, a, bb = _lstm_consts(H, xs.dtype)
+    w_t = jnp.concatenate([w_ih, w_hh], 0).T  # (4H, D+H), hoisted
+    b_t = b[:, None]
+
+    def body(carry, inp):
+        h, c, ys, gs = carry  # h, c: (H, B)
+        t, m = inp
+        x_t = lax.dynamic_index_in_dim(xs, t, 1, keepdims=False)  # (B, D)
+        xh = jnp.concatenate([x_t.T, h], 0)  # (D+H, B)
+        g = a * jnp.tanh(s * (w_t @ xh + b_t)) + bb  # (4H, B)
+        c_new = g[H : 2 * H] * c + g[:H] * g[2 * H : 3 * H]
+        h_new = g[3 * H :] * jnp.tanh(c_new)
+        h_new, c_new = _mix(m, h_new, h), _mix(m, c_new, c)
+        ys = lax.dynamic_update_index_in_dim(ys, h_new.T, t, 1)
+        gs = lax.dynamic_update_index_in_dim(gs, g.T, t, 1)
+        return (h_new, c_new, ys, gs), c
+
+    init = (
+        h0.T,
+        c0.T,
+        jnp.zeros((B, T, H), xs.dtype),
+        jnp.zeros((B, T, 4 * H), xs.dtype),
+    )
+    (hT, cT, ys, gs), c_prev = lax.scan(
+        body, init, (jnp.arange(T), mask), unroll=unroll
+    )
+    return (ys, hT.T, cT.T), (w_t, xs, h0, ys, c_prev, gs, mask)
+
+
+def _lstm_bwd_inplace(clip, mode, unroll, res, cts):
+    w_t, xs, h0, ys, c_prev, gs, mask = res
+    dys, dhT, dcT = cts
+    B, T, D = xs.shape
+    H = h0.shape[-1]
+
+    def body(carry, inp):
+        # batch-major (B, .): dL/dh and dL/dc from step t+1; the gates and dL/dy of step t,
+        # read at step t+1 from the buffers after their writes (so the writes are in place)
+        dh_next, dc_next, g, dh_out, gs, hbuf, dxs = carry
+        t, cp, m = inp
+        cp = cp.T  # c_{t-1}, (B, H)
+        i, f, gg, o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
+        dh, dc = dh_out + dh_next, dc_next
+        if m is not None:  # padded step: identity on the carry
+            m = m.T  # (B, 1)
+            keep_h, keep_c = (1 - m) * dh, (1 - m) * dc
+            dh, dc = m * dh, m * dc
+        dh, dc = _clip((dh, dc), clip, mode)  # dL/ds_t of a real step
+        tc = jnp.tanh(f * cp + i * gg)
+        dc = dc + dh * o * (1 - tc * tc)
+        dz = jnp.concatenate(
+            [
+                dc * gg * i * (1 - i),
+                dc * cp * f * (1 - f),
+                dc * i * (1 - gg * gg),
+                dh * tc * o * (1 - o),
+            ],
+            1,
+        )  # (B, 4H)
+        dxh = dz @ w_t  # (B, D+H): [dx_t, dh_{t-1}]
+        dh_prev, dc_prev = dxh[:, D:], dc * f
+        if m is not None:
+            dh_prev, dc_prev = dh_prev + keep_h, dc_prev + keep_c
+        tp = jnp.maximum(t - 1, 0)
+        gs = lax.dynamic_update_index_in_dim(
+            gs, dz, t, 1
+        )  # dz_t over the gates of step t
+        g = lax.dynamic_index_in_dim(gs, tp, 1, keepdims=False)
+        h_in = jnp.where(t > 0, lax.dynamic_index_in_dim(ys, tp, 1, keepdims=False), h0)
+        hbuf = lax.dynamic_update_index_in_dim(hbuf, h_in, t, 1)  # h_{t-1} over dL/dy_t
+        dh_out = lax.dynamic_index_in_dim(hbuf, tp, 1, keepdims=False)
+        dxs = lax.dynamic_update_index_in_dim(dxs, dxh[:, :D], t, 1)
+        return (dh_prev, dc_prev, g, dh_out, gs, hbuf, dxs), None
+
+    init = (dhT, dcT, gs[:, T - 1], dys[:, T - 1], gs, dys, jnp.zeros_like(xs))
+    (dh0, dc0, _, _, dz, h_prev, dx), _ = lax.scan(
+        body, init, (jnp.arange(T), c_prev, mask), reverse=True, unroll=unroll
+    )
+    dz = dz.reshape(B * T, 4 * H)
+    dw_ih = xs.reshape(B * T, D).T @ dz  # one matmul for all steps
+    dw_hh = h_prev.reshape(B * T, H).T @ dz
+    return dw_ih, dw_hh, jnp.sum(dz, 0), dx, dh0, dc0, None
+
+
+# The previous layout, for unroll > 1: with the loop body unrolled, XLA fuses the
+# read-ahead slices of the in-place path into consumers scheduled after the next write and
+# copies the whole buffers every step (1.3-9.9x slower on CPU). Here the loops stack their
+# outputs (T, ., B) and the backward returns dz as a new array: 55.6 MiB of scratch at
+# (32, 128, 128, 256) against 29.7, but no per-step copies; on an H100, unroll=4 took
+# 0.57-0.87x the time of unroll=1 with it (docs/benchmarks.md, session 5).
+
+
+def _lstm_fwd_stacked(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll):
     H = h0.shape[-1]
     s, a, bb = _lstm_consts(H, xs.dtype)
     w_t = jnp.concatenate([w_ih, w_hh], 0).T  # (4H, D+H), hoisted
@@ -103,12 +217,13 @@ def _lstm_fwd(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll):
     (hT, cT), (hs, xh, c_prev, gates) = lax.scan(
         body, (h0.T, c0.T), (xs_t, mask), unroll=unroll
     )
-    return (hs, hT.T, cT.T), (w_ih, w_hh, xh, c_prev, gates, mask)
+    return (jnp.swapaxes(hs, 0, 1), hT.T, cT.T), (w_ih, w_hh, xh, c_prev, gates, mask)
 
 
-def _lstm_bwd(clip, mode, unroll, res, cts):
+def _lstm_bwd_stacked(clip, mode, unroll, res, cts):
     w_ih, w_hh, xh, c_prev, gates, mask = res
-    dhs, dhT, dcT = cts
+    dys, dhT, dcT = cts
+    dhs = jnp.swapaxes(dys, 0, 1)
     T, G, B = gates.shape
     H, D = G // 4, w_ih.shape[0]
     w_cat = jnp.concatenate([w_ih, w_hh], 0)  # (D+H, 4H), hoisted
@@ -380,8 +495,8 @@ def unroll_batch(
             unroll,
         )
         if valid is not None:  # outputs of padded steps are 0
-            hs = hs * valid.astype(hs.dtype)[:, :, None]
-        return LSTMState(h=hT, c=cT), jnp.swapaxes(hs, 0, 1)
+            hs = hs * valid.T.astype(hs.dtype)[:, :, None]
+        return LSTMState(h=hT, c=cT), hs
     xp = cell.input_proj(params, jnp.swapaxes(xs, 0, 1))  # (T, B, G): one matmul
     mask = None if valid is None else valid.astype(xp.dtype)[:, :, None]  # (T, B, 1)
     if cell.kind == "gru":
