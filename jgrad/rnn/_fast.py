@@ -2,18 +2,29 @@
 
 Autodiff of ``lax.scan`` accumulates the recurrent weight gradient with one small
 ``(H, B) @ (B, G)`` matmul per step inside the backward loop. Here the backward scan only
-carries dL/dh (and dL/dc) and emits the gate cotangents dz_t; the weight gradients are then
-ONE ``(., T*B) @ (T*B, G)`` matmul each after the loop. The forward pass stores the gate
-activations, so the backward pass recomputes at most one ``tanh``.
+carries dL/dh (and dL/dc) and emits the gate cotangents dz_t; the weight gradients, and the
+input gradient, are then ONE ``(., T*B) @ (T*B, G)`` matmul each after the loop. The
+forward pass stores the gate activations, so the backward pass recomputes at most one
+``tanh``.
 
-The LSTM keeps its carries feature-major, ``(H, B)``, inside one ``custom_vjp`` over the
-whole layer (input weights included): each step's matmul then has the 4H gate rows as its
-long side instead of the B examples, which XLA's CPU matmul runs faster, and the input
-projection happens inside the step, so no ``(T, B, 4H)`` projection is written and read
-back (less scratch memory per call, fewer page faults). Measured against the batch-major
-version: 0.75-0.95x its time at every benchmark shape. The same layout for the GRU was
-0.91-0.98x at H = 128 and 256 but 1.07-1.29x at H = 64 (docs/benchmarks.md), so the GRU and
-the vanilla RNN stay batch-major with the projection hoisted before the loop.
+With ``unroll=1`` (the CPU default) the LSTM and the GRU are each ONE ``custom_vjp`` over
+the whole layer, input weights included:
+
+- the forward loop is feature-major, carries ``(H, B)``: each step's matmul has the gate
+  rows as its long side instead of the B examples, which XLA's CPU matmul runs faster,
+  and the input projection happens inside the step, so no ``(T, B, G)`` projection is
+  stored;
+- the backward loop is batch-major and writes its results over the forward's stored
+  arrays, in place: the gate cotangents over the gates, h_{t-1} over dL/dy_t.
+
+That keeps the scratch memory of a call at the stored gates plus three ``(B, T, H)``
+arrays: 28.3 MiB (LSTM) and 25.2 MiB (GRU) at (B, T, D, H) = (32, 128, 128, 256), against
+55.6 and 62.1 MiB before. Below 32 MiB, glibc reuses the block from call to call; above
+it, every call gets a fresh mmap whose pages the kernel faults in and zeroes (about
+14,000 faults, 15-20 ms, per call at that shape). With ``unroll > 1`` (the accelerator
+default) the loops stack their outputs instead (see ``_lstm_fwd_stacked``): unrolled,
+the in-place writes make XLA copy whole buffers every step. The vanilla RNN is
+batch-major with the projection hoisted before the loop.
 
 Being a ``jax.custom_vjp``, this path has no forward-mode derivative: use
 :func:`jgrad.rnn.unroll` (plain autodiff) for ``jvp``/``jacfwd`` and the analyzers. Tests
@@ -72,10 +83,12 @@ def _mix(m, new, old):
 # overwrites, in place, the gates of step t with the gate cotangents dz_t, and dL/dy_t
 # (read at step t only) with h_{t-1}: after it, gs holds dz and the dL/dy buffer holds the
 # shifted h, so [dW_ih; dW_hh] are two (., B*T) @ (B*T, 4H) matmuls with no (T, B, .) copy
-# made for them. Each loop reads step t-1's slices from the buffers it has just updated,
+# made for them. The backward loop reads step t-1's slices from the buffers it has just updated,
 # which lets XLA do the writes in place (a read of step t after the write would make it
-# copy the whole buffer every step). At (B, T, D, H) = (32, 128, 128, 256) the scratch went
-# from 55.6 to 29.7 MiB and the call from 107 to 91 ms (docs/benchmarks.md, session 6).
+# copy the whole buffer every step). dx does not feed the recursion, so the loop only
+# computes dz_t @ W_hh^T, and dx is one matmul after it (XLA drops it when unused). At
+# (B, T, D, H) = (32, 128, 128, 256) the scratch went from 55.6 to 28.3 MiB and the call
+# from 107 to 82 ms in an interleaved A/B (docs/benchmarks.md, session 6).
 
 
 def _lstm_consts(H, dtype):
