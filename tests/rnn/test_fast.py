@@ -197,3 +197,38 @@ def _scan_unrolls(cell, params, xs):
         for eq in _all_eqns(jaxpr.jaxpr)
         if eq.primitive.name == "scan"
     }
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_scratch_memory_is_the_stored_gates_plus_three_sequences(kind, getkey):
+    # unroll=1 writes the backward's results over the stored gates and dL/dy in place
+    # (jgrad/rnn/_fast.py). A copy of the gate buffer per step, a stacked dz or a stacked
+    # [x, h] would each add at least B*T*H floats; plain autodiff needs about twice this.
+    if jax.default_backend() != "cpu":
+        pytest.skip(
+            "the in-place layout is measured against XLA's CPU buffer assignment"
+        )
+    Bm, Tm, Dm, Hm = 8, 32, 16, 64
+    cell = rnn.lstm(Hm) if kind == "lstm" else rnn.gru(Hm)
+    params = cell.init(getkey(), Dm)
+    xs = jax.random.normal(getkey(), (Bm, Tm, Dm))
+
+    def loss(p, x):
+        _, ys = rnn.unroll_batch(cell, p, x, cell.init_carry((Bm,)), unroll=1)
+        return jnp.sum(ys**2)
+
+    def temp(f):
+        return f.lower(params, xs).compile().memory_analysis().temp_size_in_bytes
+
+    stored = 4 * Bm * Tm * (4 * Hm + 3 * Hm)  # gates (4H) + ys, dL/dy, c or h_prev
+    weights = 4 * 2 * (Dm + Hm) * 4 * Hm  # transposed copies of the weights
+    fast = temp(jax.jit(jax.grad(loss)))
+
+    def ref_loss(p, x):
+        ys = jax.vmap(lambda s: rnn.unroll(cell, p, s, cell.init_carry(), unroll=1)[1])(
+            x
+        )
+        return jnp.sum(ys**2)
+
+    assert fast <= stored + weights, (fast, stored + weights)
+    assert fast < 0.75 * temp(jax.jit(jax.grad(ref_loss)))
