@@ -1,29 +1,37 @@
-"""Singular values computed by NumPy's LAPACK on the host CPU, from inside a jitted program.
+"""Singular values computed by LAPACK on the host CPU, from inside a jitted program.
 
 XLA's GPU SVD handles a batch of matrices larger than 32 x 32 one matrix at a time: on an
 H100, the singular values of 16 matrices of 256 x 256 took 106 ms and of 512 of them 3.5 s
 (jax 0.11.2; torch's ``linalg.svdvals`` on the same GPU took as long). A host core does
-one such matrix in about 3 ms in float32 LAPACK, 6 ms through NumPy (float64, below), and
-the host has several cores. ``svd="host"`` on the spectrum functions moves
-the SVD there through :func:`jax.pure_callback`: the matrices are copied to host memory,
-split over a thread pool (NumPy releases the GIL inside LAPACK), and the values copied back.
+one such matrix in about 3 ms in float32 LAPACK, and the host has several cores.
+``svd="host"`` on the spectrum functions moves the SVD there through
+:func:`jax.pure_callback`: the matrices are copied to host memory, split over a thread
+pool, and the values copied back.
 
-NumPy computes the SVD of a float32 matrix in float64 (its linalg promotes) and returns
-float32, so these values are more accurate than float32 LAPACK's (largest log error
-5.9e-8 against 2.7e-6 for XLA's on graded 256 x 256 matrices, ``scripts/bench_svd.py``),
-at about twice the time per matrix.
+The LAPACK routine is ``sgesdd``/``dgesdd`` (no singular vectors) in the matrix's own
+precision, called through ctypes on the function pointers SciPy publishes in
+``scipy.linalg.cython_lapack`` (a public Cython API; SciPy is a dependency of JAX). ctypes
+releases the GIL for the call, so the pool's threads run in parallel: 22.8 ms for 16
+graded 256 x 256 float32 matrices on 2 cores, against 43.6 ms on one (SciPy's own
+``lapack.sgesdd`` wrapper keeps the GIL: 42.6 ms on 2 threads; NumPy's ``svd`` promotes
+float32 to float64: 44.8 ms on 2 threads). The values are those of float32 LAPACK, as
+XLA's CPU SVD gives them (largest log error 8.3e-7 on those matrices; float64 matrices
+to 4e-15). Without SciPy's Cython LAPACK, NumPy's ``svd`` is used.
 
-What it gives up: the callback has no derivative (differentiate through ``svd="device"``),
-and on a CPU-only machine it is slower than XLA's own SVD in isolation (1.9x for 16
-matrices of 256 x 256 on 2 cores). Inside a sweep's loop it can be faster even there, as
-XLA's SVDs run 1.7-1.8x slower in a loop than unrolled: ``output_spectra`` at L = 128,
-N = 128 took 0.81x the time with ``svd="host"``. On the H100 machine it gained 1.5-2.1x,
-less than its 16 cores promise (about 107 ms per callback of 16 matrices: the threads did
-not run in parallel there, cause not established).
+Where it helps on a CPU: XLA's CPU SVD runs a batch on all cores at the top level of a
+program, but on one core inside a loop (``lax.map``, ``lax.scan``: 1433 against 782 ms for
+32 batches of 16 such matrices on 2 cores; 1451 and 1524 ms with the process pinned to
+one core). The sweeps SVD their products inside their loop, so ``svd="host"`` brings
+``output_spectra`` back to the parallel rate. What it gives up: the callback has no
+derivative (differentiate through ``svd="device"``). On the H100 machine (with the
+NumPy route) it gained 1.5-2.1x, less than its 16 cores promise (about 107 ms per
+callback of 16 matrices: the threads did not run in parallel there, cause not
+established).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,9 +50,86 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _lapack_gesdd(name: str):
+    """``?gesdd`` from SciPy's Cython LAPACK as a ctypes function (GIL released), or None."""
+    try:
+        from scipy.linalg import cython_lapack
+
+        cap = cython_lapack.__pyx_capi__[name]
+        get_name = ctypes.pythonapi.PyCapsule_GetName
+        get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+        get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+        get_ptr.restype = ctypes.c_void_p
+        get_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
+        ptr = get_ptr(cap, get_name(cap))
+    except Exception:  # noqa: BLE001 - no SciPy, or a SciPy without the capsule
+        return None
+    return ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 14))(ptr)
+
+
+_GESDD = {
+    np.dtype(np.float32): _lapack_gesdd("sgesdd"),
+    np.dtype(np.float64): _lapack_gesdd("dgesdd"),
+}
+
+
+def _gesdd_each(fn, flat: np.ndarray, out: np.ndarray, idx: np.ndarray) -> None:
+    """Singular values of ``flat[i]`` for i in ``idx`` into ``out[i]`` by LAPACK ``?gesdd``
+    (Fortran calling convention). A row-major (m, n) matrix is the column-major (n, m)
+    matrix of its transpose, which has the same singular values, so no transposing copy."""
+    _, m, n = flat.shape
+    r = min(m, n)
+    c_int, ref = ctypes.c_int, ctypes.byref
+    jobz, rows, cols, lda, one = (
+        ctypes.c_char(b"N"),
+        c_int(n),
+        c_int(m),
+        c_int(n),
+        c_int(1),
+    )
+    info = c_int(0)
+    a = np.empty((m, n), flat.dtype)  # gesdd overwrites its input
+    s = np.empty(r, flat.dtype)
+    iwork = np.empty(8 * r, np.int32)
+    unused = np.empty(1, flat.dtype)
+
+    def call(work, lwork):
+        fn(
+            ref(jobz),
+            ref(rows),
+            ref(cols),
+            a.ctypes.data,
+            ref(lda),
+            s.ctypes.data,
+            unused.ctypes.data,
+            ref(one),
+            unused.ctypes.data,
+            ref(one),
+            work.ctypes.data,
+            ref(c_int(lwork)),
+            iwork.ctypes.data,
+            ref(info),
+        )
+
+    query = np.empty(1, flat.dtype)
+    call(query, -1)  # workspace query
+    work = np.empty(int(query[0]) + 1, flat.dtype)
+    for i in idx:
+        if not np.all(np.isfinite(flat[i])):  # LAPACK's result is undefined there
+            out[i] = np.nan
+            continue
+        a[...] = flat[i]
+        call(work, work.size)
+        out[i] = s if info.value == 0 else np.nan  # no convergence: NaN, as XLA
+
+
 def _svdvals_each(flat: np.ndarray, out: np.ndarray, idx: np.ndarray) -> None:
     """Fills ``out[idx]``; a matrix LAPACK rejects (NaN, inf, no convergence) gets NaN,
     as XLA's SVD returns for it, instead of an exception that would abort the program."""
+    fn = _GESDD.get(flat.dtype)
+    if fn is not None and min(flat.shape[1:]) > 0:
+        _gesdd_each(fn, flat, out, idx)
+        return
     try:
         out[idx] = np.linalg.svd(flat[idx], compute_uv=False)
     except np.linalg.LinAlgError:
@@ -72,7 +157,7 @@ def _np_svdvals(m) -> np.ndarray:
 
 
 def host_svdvals(m: jax.Array) -> jax.Array:
-    """Singular values (descending) of ``m`` (..., r, n), by LAPACK on the host.
+    """Singular values (descending) of ``m`` (..., r, n), by LAPACK ``?gesdd`` on the host.
 
     Works under ``jit`` and ``vmap`` (the batch goes to the host in one call); not
     differentiable.

@@ -80,3 +80,19 @@ def test_bad_svd_argument(getkey):
             fn(net, params, x, svd="gpu")
     with pytest.raises(ValueError, match="`svd`"):
         analyze.log_singular_values(jnp.eye(4)[None], svd="cpu")
+
+
+def test_lapack_is_called_directly_and_an_inf_matrix_gives_nan(rng):
+    # The GIL-free ctypes route (SciPy's Cython LAPACK) must be found here, or the pool's
+    # threads would run one at a time through NumPy's promoted float64 SVD.
+    from jgrad.analyze import _host_svd
+
+    assert all(
+        _host_svd._GESDD[np.dtype(t)] is not None for t in (np.float32, np.float64)
+    )
+    m = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    m[2, 0, 1] = np.inf
+    got = np.asarray(jax.jit(host_svdvals)(jnp.asarray(m)))
+    assert np.all(np.isnan(got[2])) and np.all(np.isfinite(got[[0, 1, 3]]))
+    ref = np.linalg.svd(m[[0, 1, 3]].astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(got[[0, 1, 3]], ref, rtol=1e-5)
