@@ -11,8 +11,9 @@ For each (L, N, B) (depth, width, examples), in one run:
 (b) all L layer-to-output spectra (d y / d h_l for every l): naive = one jacrev per layer
     (of the sub-network from h_l) + SVD, in one jit; jgrad ``output_spectra``. Floor: one sweep
     of products (L matmuls) + the measured SVD of the L B product matrices.
-(a) and (b) are also timed with ``svd="host"`` (NumPy's LAPACK on the host CPU through a
-    callback, for GPUs, whose XLA SVD takes matrices above 32 x 32 one at a time).
+(a) and (b) run jgrad's default ``svd="auto"`` (LAPACK on the host through a threaded
+    callback for matrices of 128 x 128 and larger, off TPUs) and are also timed with
+    ``svd="device"`` (XLA's SVD).
 (c) cheap summaries of every d y / d h_l: ``output_norm_estimates`` (shared block-Krylov
     output space + tail Lanczos for the spectral norm, Hutch++ for the mean squared singular
     value) at the ``--settings`` given, and ``output_norms`` (explicit products); their time
@@ -197,9 +198,9 @@ def main(argv=None):
             (xs,),
             args.repeats,
         )
-        res["a: jgrad input_output_spectrum svd=host"], _ = time_jit(
+        res["a: jgrad input_output_spectrum svd=device"], _ = time_jit(
             jax.vmap(
-                lambda x: analyze.input_output_spectrum(net, params, x, svd="host")
+                lambda x: analyze.input_output_spectrum(net, params, x, svd="device")
             ),
             (xs,),
             args.repeats,
@@ -233,8 +234,8 @@ def main(argv=None):
             (xs,),
             args.repeats,
         )
-        res["b: jgrad output_spectra svd=host"], _ = time_jit(
-            jax.vmap(lambda x: analyze.output_spectra(net, params, x, svd="host")),
+        res["b: jgrad output_spectra svd=device"], _ = time_jit(
+            jax.vmap(lambda x: analyze.output_spectra(net, params, x, svd="device")),
             (xs,),
             args.repeats,
         )

@@ -22,11 +22,12 @@ Where it helps on a CPU: XLA's CPU SVD runs a batch on all cores at the top leve
 program, but on one core inside a loop (``lax.map``, ``lax.scan``: 1433 against 782 ms for
 32 batches of 16 such matrices on 2 cores; 1451 and 1524 ms with the process pinned to
 one core). The sweeps SVD their products inside their loop, so ``svd="host"`` brings
-``output_spectra`` back to the parallel rate. What it gives up: the callback has no
-derivative (differentiate through ``svd="device"``). On the H100 machine (with the
-NumPy route) it gained 1.5-2.1x, less than its 16 cores promise (about 107 ms per
-callback of 16 matrices: the threads did not run in parallel there, cause not
-established).
+``output_spectra`` back to the parallel rate. A callback has no derivative: under
+``jax.grad``/``jvp`` the values and their derivative come from XLA's SVD (with
+singular vectors) instead, so differentiating costs what ``svd="device"`` costs. On
+the H100 machine (with the NumPy route) it gained 1.5-2.1x, less than its 16 cores
+promise (about 107 ms per callback of 16 matrices: the threads did not run in parallel
+there, cause not established).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["host_svdvals"]
@@ -156,11 +158,18 @@ def _np_svdvals(m) -> np.ndarray:
     return out.reshape(m.shape[:-2] + (r,)).astype(m.dtype, copy=False)
 
 
+@jax.custom_jvp
 def host_svdvals(m: jax.Array) -> jax.Array:
     """Singular values (descending) of ``m`` (..., r, n), by LAPACK ``?gesdd`` on the host.
 
-    Works under ``jit`` and ``vmap`` (the batch goes to the host in one call); not
-    differentiable.
+    Works under ``jit`` and ``vmap`` (the batch goes to the host in one call). Under
+    differentiation (forward or reverse mode) the values and their derivative come from
+    XLA's SVD on the device instead, which has the singular vectors the derivative needs.
     """
     shape = jax.ShapeDtypeStruct(m.shape[:-2] + (min(m.shape[-2:]),), m.dtype)
     return jax.pure_callback(_np_svdvals, shape, m, vmap_method="expand_dims")
+
+
+@host_svdvals.defjvp
+def _host_svdvals_jvp(primals, tangents):
+    return jax.jvp(lambda a: jnp.linalg.svd(a, compute_uv=False), primals, tangents)

@@ -46,7 +46,21 @@ __all__ = [
 ]
 
 METHODS = ("rescaled", "qr")
-SVD_WHERE = ("device", "host")
+SVD_WHERE = ("auto", "device", "host")
+# "auto" takes the SVD on the host (LAPACK through a callback, threaded) for matrices with
+# both sides >= this, off TPUs. On 2 CPU cores, 32 batches of 16 matrices in a lax.map:
+# host/device 0.63x at n = 128, 0.73x at 64, 2.7x at 32 and 25x at 4 (a callback costs
+# about 0.9 ms); at the top level of a program 0.96x at 128 and 1.6x at 64
+# (docs/benchmarks.md, session 6). On an H100 the host was 1.5-2.1x faster at 128 and 256.
+HOST_SVD_MIN = 128
+
+
+def svd_where(svd: str, shape: tuple[int, ...]) -> str:
+    """Resolves ``svd="auto"`` for matrices of ``shape`` (..., r, n) at trace time."""
+    if svd != "auto":
+        return svd
+    big = min(shape[-2:]) >= HOST_SVD_MIN
+    return "host" if big and jax.default_backend() != "tpu" else "device"
 
 
 class LogMatrix(NamedTuple):
@@ -71,15 +85,17 @@ def safe_log(x):
     return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), -jnp.inf)
 
 
-def svdvals(m, svd="device"):
+def svdvals(m, svd="auto"):
     """Singular values (descending) of ``m`` (..., r, n), without singular vectors.
 
-    ``svd="device"``: XLA's SVD where the array lives (LAPACK ``gesdd`` on CPU). Called on
-    the transpose: the singular values are the same, and LAPACK's column-major operand is
-    then the row-major array XLA already holds, so no transposing copy is made (about 15%
-    of the SVD time at n = 256 on CPU). ``svd="host"``: NumPy's LAPACK on the host CPU
-    through a callback (see ``jgrad.analyze._host_svd``; for GPUs)."""
-    if svd == "host":
+    ``svd="auto"``: ``"host"`` for matrices with both sides >= ``HOST_SVD_MIN`` (128),
+    except on TPUs, else ``"device"``. ``svd="device"``: XLA's SVD where the array lives
+    (LAPACK ``gesdd`` on CPU). Called on the transpose: the singular values are the same,
+    and LAPACK's column-major operand is then the row-major array XLA already holds, so no
+    transposing copy is made (about 15% of the SVD time at n = 256 on CPU).
+    ``svd="host"``: LAPACK ``?gesdd`` on the host CPU through a callback, threaded over
+    the batch (see ``jgrad.analyze._host_svd``)."""
+    if svd_where(svd, m.shape) == "host":
         return host_svdvals(m)
     return jnp.linalg.svd(jnp.swapaxes(m, -1, -2), compute_uv=False)
 
@@ -380,7 +396,7 @@ def log_singular_values(
     start: int = 0,
     stop: int | None = None,
     accumulate: str | None = None,
-    svd: str = "device",
+    svd: str = "auto",
 ) -> jax.Array:
     """Natural-log singular values of ``J_stop ... J_(start+1)``, in descending order.
 
@@ -395,13 +411,17 @@ def log_singular_values(
             depth grows.
         start, stop: the layer pair (default the whole network, input to output).
         accumulate: as :func:`jacobian_product`.
-        svd: where the rescaled method takes its SVD. ``"device"`` (default): XLA's SVD
-            on the array's device. ``"host"``: NumPy's LAPACK on the host CPU through
-            ``jax.pure_callback``, threaded over the batch. On a GPU this is far faster
-            for matrices larger than 32 x 32, which XLA's GPU SVD takes one at a time
-            (H100: 16 of 256 x 256 in 106 ms). NumPy computes in float64, so the values
-            are more accurate. It is not differentiable, and on a CPU-only machine it is
-            mostly slower (see ``jgrad.analyze._host_svd``).
+        svd: where the rescaled method takes its SVD. ``"auto"`` (default): ``"host"``
+            for matrices with both sides >= 128 (except on TPUs), else ``"device"``.
+            ``"device"``: XLA's SVD on the array's device. ``"host"``: LAPACK ``?gesdd``
+            on the host CPU through ``jax.pure_callback``, threaded over the batch, in
+            the matrix's precision. On a GPU this is far faster for matrices larger than
+            32 x 32, which XLA's GPU SVD takes one at a time (H100: 16 of 256 x 256 in
+            106 ms). On a CPU it is as fast as XLA's SVD at the top level of a program
+            and about twice as fast inside a loop, where XLA's runs on one core; a
+            callback costs about 0.9 ms, which decides for small matrices. Differentiating
+            it falls back to XLA's SVD for the values and their derivative (see
+            ``jgrad.analyze._host_svd``).
 
     Returns:
         ``(r,)`` log singular values, r = min of the dimensions along the product.

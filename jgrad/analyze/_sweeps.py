@@ -120,7 +120,7 @@ def _sweep(net, params, x, blocks, train, key, emit):
     return ys + [y_last], (r * inv, s)
 
 
-def _log_svdvals(m, s, svd="device"):
+def _log_svdvals(m, s, svd="auto"):
     return jnp.log(svdvals(m, svd)) + s
 
 
@@ -132,15 +132,17 @@ def output_spectra(
     blocks: bool = True,
     train: bool = False,
     key: jax.Array | None = None,
-    svd: str = "device",
+    svd: str = "auto",
 ) -> tuple[jax.Array, ...]:
     """Log singular values (natural log, descending) of every ``d y / d h_l``.
 
     One backward sweep (:func:`output_sweep`) and one SVD (singular values only) per
     product, taken inside the sweep as the product is formed. Exact at any depth for the
     top singular values; those below ``sigma_max * eps`` are lost (the rescaled method;
-    see ``log_singular_values``). On a GPU pass ``svd="host"`` (as in
-    ``log_singular_values``): the SVDs, not the sweep, are nearly all the time there.
+    see ``log_singular_values``). ``svd`` as in ``log_singular_values``: the default
+    takes the SVDs of 128 x 128 and larger products on the host, where they run on
+    every core; XLA's CPU SVD runs on one core inside the sweep's loop, and its GPU SVD
+    takes one matrix at a time.
 
     Returns:
         A tuple of L arrays, entry l the spectrum of ``d y / d h_l``.
@@ -159,7 +161,7 @@ def input_output_spectrum(
     *,
     train: bool = False,
     key: jax.Array | None = None,
-    svd: str = "device",
+    svd: str = "auto",
 ) -> jax.Array:
     """Log singular values of the input-output Jacobian ``d y / d x`` (rescaled, exact
     top singular values at any depth), by one rescaled reverse sweep and one SVD

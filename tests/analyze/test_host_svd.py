@@ -96,3 +96,50 @@ def test_lapack_is_called_directly_and_an_inf_matrix_gives_nan(rng):
     assert np.all(np.isnan(got[2])) and np.all(np.isfinite(got[[0, 1, 3]]))
     ref = np.linalg.svd(m[[0, 1, 3]].astype(np.float64), compute_uv=False)
     np.testing.assert_allclose(got[[0, 1, 3]], ref, rtol=1e-5)
+
+
+def test_host_svdvals_derivatives_are_the_device_svds(rng):
+    # The callback has no derivative of its own: grad and jvp go through XLA's SVD.
+    with jax.enable_x64(True):
+        m = jnp.asarray(rng.standard_normal((3, 5, 4)))
+        dm = jnp.asarray(rng.standard_normal((3, 5, 4)))
+
+        def dev(a):
+            return jnp.linalg.svd(a, compute_uv=False)
+
+        w = jnp.asarray(rng.standard_normal((3, 4)))
+        g_host = jax.jit(jax.grad(lambda a: jnp.sum(w * jnp.log(host_svdvals(a)))))(m)
+        g_dev = jax.grad(lambda a: jnp.sum(w * jnp.log(dev(a))))(m)
+        np.testing.assert_allclose(g_host, g_dev, rtol=1e-10, atol=1e-12)
+        _, t_host = jax.jvp(host_svdvals, (m,), (dm,))
+        s, t_dev = jax.jvp(dev, (m,), (dm,))
+        np.testing.assert_allclose(t_host, t_dev, rtol=1e-10, atol=1e-12)
+        # d s_i = u_i^T dm v_i, by finite differences of the host values themselves
+        eps = 1e-6
+        fd = (host_svdvals(m + eps * dm) - host_svdvals(m - eps * dm)) / (2 * eps)
+        np.testing.assert_allclose(t_host, fd, rtol=1e-6, atol=1e-8)
+        assert np.all(np.asarray(s) > 0)
+
+
+def test_auto_takes_the_host_for_large_matrices_with_the_same_values(getkey):
+    from jgrad.analyze._products import HOST_SVD_MIN, svd_where
+
+    host = "device" if jax.default_backend() == "tpu" else "host"
+    assert svd_where("auto", (3, HOST_SVD_MIN, HOST_SVD_MIN + 5)) == host
+    assert svd_where("auto", (HOST_SVD_MIN - 1, 4 * HOST_SVD_MIN)) == "device"
+    assert svd_where("device", (512, 512)) == "device"
+    n = HOST_SVD_MIN
+    net = nn.mlp(3, n, activation="tanh", weight_var=1.5, bias_var=0.05)
+    _, params = net.init(getkey(), (n,))
+    xs = jax.random.normal(getkey(), (2, n))
+    auto = jax.jit(jax.vmap(lambda x: analyze.output_spectra(net, params, x)))(xs)
+    dev = jax.vmap(lambda x: analyze.output_spectra(net, params, x, svd="device"))(xs)
+    for a, b in zip(auto, dev, strict=True):
+        np.testing.assert_allclose(a[:, :64], b[:, :64], atol=2e-4)
+
+    def loss(x, svd):
+        return jnp.sum(analyze.input_output_spectrum(net, params, x, svd=svd)[:8])
+
+    g_auto = jax.grad(loss)(xs[0], "auto")
+    g_dev = jax.grad(loss)(xs[0], "device")
+    np.testing.assert_allclose(g_auto, g_dev, rtol=1e-4, atol=1e-5)
