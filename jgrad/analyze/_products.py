@@ -49,8 +49,8 @@ METHODS = ("rescaled", "qr")
 SVD_WHERE = ("auto", "device", "host")
 # "auto" takes the SVD on the host (LAPACK through a callback, threaded) for matrices with
 # both sides >= this, off TPUs. On 2 CPU cores, 32 batches of 16 matrices in a lax.map:
-# host/device 0.63x at n = 128, 0.73x at 64, 2.7x at 32 and 25x at 4 (a callback costs
-# about 0.9 ms); at the top level of a program 0.96x at 128 and 1.6x at 64
+# host/device 0.63-0.71x at n = 128, 0.73-1.07x at 64, 2.6x at 32 and 10-25x at 4 (a
+# callback costs 0.4-0.9 ms); at the top level of a program 0.96x at 128 and 1.6x at 64
 # (docs/benchmarks.md, session 6). On an H100 the host was 1.5-2.1x faster at 128 and 256.
 HOST_SVD_MIN = 128
 
@@ -419,7 +419,7 @@ def log_singular_values(
             32 x 32, which XLA's GPU SVD takes one at a time (H100: 16 of 256 x 256 in
             106 ms). On a CPU it is as fast as XLA's SVD at the top level of a program
             and about twice as fast inside a loop, where XLA's runs on one core; a
-            callback costs about 0.9 ms, which decides for small matrices. Differentiating
+            callback costs about 0.4 ms, which decides for small matrices. Differentiating
             it falls back to XLA's SVD for the values and their derivative (see
             ``jgrad.analyze._host_svd``).
 
