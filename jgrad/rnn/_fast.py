@@ -208,7 +208,7 @@ def _lstm_bwd_inplace(clip, mode, unroll, res, cts):
 # read-ahead slices of the in-place path into consumers scheduled after the next write and
 # copies the whole buffers every step (1.3-9.9x slower on CPU). Here the loops stack their
 # outputs (T, ., B) and the backward returns dz as a new array: 55.6 MiB of scratch at
-# (32, 128, 128, 256) against 29.7, but no per-step copies; on an H100, unroll=4 took
+# (32, 128, 128, 256) against 28.3, but no per-step copies; on an H100, unroll=4 took
 # 0.57-0.87x the time of unroll=1 with it (docs/benchmarks.md, session 5).
 
 
