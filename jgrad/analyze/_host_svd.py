@@ -126,7 +126,7 @@ def _svdvals_each(flat: np.ndarray, out: np.ndarray, idx: np.ndarray) -> None:
     """Fills ``out[idx]``; a matrix LAPACK rejects (NaN, inf, no convergence) gets NaN,
     as XLA's SVD returns for it, instead of an exception that would abort the program."""
     fn = _GESDD.get(flat.dtype)
-    if fn is not None and min(flat.shape[1:]) > 0:
+    if fn is not None:
         _gesdd_each(fn, flat, out, idx)
         return
     try:

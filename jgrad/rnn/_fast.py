@@ -98,6 +98,44 @@ def _lstm_consts(H, dtype):
     return s, s, b  # (4H, 1): scale inside tanh, scale outside (equal), offset
 
 
+def _lstm_weights(w_ih, w_hh, b):
+    """The forward loops' hoisted operands: W^T (4H, D+H), the bias (4H, 1), the gate
+    constants."""
+    H = w_hh.shape[0]
+    return jnp.concatenate([w_ih, w_hh], 0).T, b[:, None], _lstm_consts(H, w_hh.dtype)
+
+
+def _lstm_cell_fwd(w_t, b_t, consts, xh, h, c, m):
+    """One feature-major step: [x_t; h] (D+H, B), h, c (H, B) -> (h_t, c_t, gates (4H, B))."""
+    s, a, bb = consts
+    H = h.shape[0]
+    g = a * jnp.tanh(s * (w_t @ xh + b_t)) + bb  # all four gates in one op
+    c_new = g[H : 2 * H] * c + g[:H] * g[2 * H : 3 * H]
+    h_new = g[3 * H :] * jnp.tanh(c_new)
+    return _mix(m, h_new, h), _mix(m, c_new, c), g
+
+
+def _lstm_cell_bwd(g, cp, dh, dc, m, clip, mode, axis):
+    """One step's backward from dL/dh_t, dL/dc_t (the output's included) and the stored
+    gates ``g`` and c_{t-1} ``cp``, along the feature ``axis`` (0: feature-major (., B),
+    -1: batch-major (B, .)). Returns the gate cotangents dz, ``dL/dc_t * f`` (c_{t-1}'s
+    share) and, for a padded step (mask ``m``), what passes through it unchanged."""
+    i, f, gg, o = jnp.split(g, 4, axis=axis)
+    keep = None
+    if m is not None:  # padded step: identity on the carry
+        keep, dh, dc = ((1 - m) * dh, (1 - m) * dc), m * dh, m * dc
+    dh, dc = _clip((dh, dc), clip, mode, axis=axis)  # dL/ds_t of a real step
+    tc = jnp.tanh(f * cp + i * gg)
+    dc = dc + dh * o * (1 - tc * tc)
+    parts = [
+        dc * gg * i * (1 - i),
+        dc * cp * f * (1 - f),
+        dc * i * (1 - gg * gg),
+        dh * tc * o * (1 - o),
+    ]
+    return jnp.concatenate(parts, axis), dc * f, keep
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _lstm_layer(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll):
     """xs (B, T, D), h0/c0 (B, H), mask (T, 1, B) or None -> (ys (B, T, H), hT, cT)."""
@@ -118,19 +156,14 @@ def _lstm_bwd(clip, mode, unroll, res, cts):
 def _lstm_fwd_inplace(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll):
     B, T, _ = xs.shape
     H = h0.shape[-1]
-    s, a, bb = _lstm_consts(H, xs.dtype)
-    w_t = jnp.concatenate([w_ih, w_hh], 0).T  # (4H, D+H), hoisted
-    b_t = b[:, None]
+    w_t, b_t, consts = _lstm_weights(w_ih, w_hh, b)
 
     def body(carry, inp):
         h, c, ys, gs = carry  # h, c: (H, B)
         t, m = inp
         x_t = lax.dynamic_index_in_dim(xs, t, 1, keepdims=False)  # (B, D)
         xh = jnp.concatenate([x_t.T, h], 0)  # (D+H, B)
-        g = a * jnp.tanh(s * (w_t @ xh + b_t)) + bb  # (4H, B)
-        c_new = g[H : 2 * H] * c + g[:H] * g[2 * H : 3 * H]
-        h_new = g[3 * H :] * jnp.tanh(c_new)
-        h_new, c_new = _mix(m, h_new, h), _mix(m, c_new, c)
+        h_new, c_new, g = _lstm_cell_fwd(w_t, b_t, consts, xh, h, c, m)
         ys = lax.dynamic_update_index_in_dim(ys, h_new.T, t, 1)
         gs = lax.dynamic_update_index_in_dim(gs, g.T, t, 1)
         return (h_new, c_new, ys, gs), c
@@ -157,33 +190,17 @@ def _lstm_bwd_inplace(clip, mode, unroll, res, cts):
         # batch-major (B, .): dL/dh and dL/dc from step t+1; the gates and dL/dy of step t,
         # read at step t+1 from the buffers after their writes (so the writes are in place)
         dh_next, dc_next, g, dh_out, gs, hbuf = carry
-        t, cp, m = inp
-        cp = cp.T  # c_{t-1}, (B, H)
-        i, f, gg, o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
-        dh, dc = dh_out + dh_next, dc_next
-        if m is not None:  # padded step: identity on the carry
-            m = m.T  # (B, 1)
-            keep_h, keep_c = (1 - m) * dh, (1 - m) * dc
-            dh, dc = m * dh, m * dc
-        dh, dc = _clip((dh, dc), clip, mode)  # dL/ds_t of a real step
-        tc = jnp.tanh(f * cp + i * gg)
-        dc = dc + dh * o * (1 - tc * tc)
-        dz = jnp.concatenate(
-            [
-                dc * gg * i * (1 - i),
-                dc * cp * f * (1 - f),
-                dc * i * (1 - gg * gg),
-                dh * tc * o * (1 - o),
-            ],
-            1,
-        )  # (B, 4H)
-        dh_prev, dc_prev = dz @ wh_t, dc * f  # (B, H)
-        if m is not None:
-            dh_prev, dc_prev = dh_prev + keep_h, dc_prev + keep_c
+        t, cp, m = inp  # c_{t-1} and the mask, feature-major
+        m = None if m is None else m.T  # (B, 1)
+        dz, dc_prev, keep = _lstm_cell_bwd(
+            g, cp.T, dh_out + dh_next, dc_next, m, clip, mode, -1
+        )  # dz: (B, 4H)
+        dh_prev = dz @ wh_t  # (B, H)
+        if keep is not None:
+            dh_prev, dc_prev = dh_prev + keep[0], dc_prev + keep[1]
         tp = jnp.maximum(t - 1, 0)
-        gs = lax.dynamic_update_index_in_dim(
-            gs, dz, t, 1
-        )  # dz_t over the gates of step t
+        # dz_t over the gates of step t
+        gs = lax.dynamic_update_index_in_dim(gs, dz, t, 1)
         g = lax.dynamic_index_in_dim(gs, tp, 1, keepdims=False)
         h_in = jnp.where(t > 0, lax.dynamic_index_in_dim(ys, tp, 1, keepdims=False), h0)
         hbuf = lax.dynamic_update_index_in_dim(hbuf, h_in, t, 1)  # h_{t-1} over dL/dy_t
@@ -213,19 +230,13 @@ def _lstm_bwd_inplace(clip, mode, unroll, res, cts):
 
 
 def _lstm_fwd_stacked(w_ih, w_hh, b, xs, h0, c0, mask, clip, mode, unroll):
-    H = h0.shape[-1]
-    s, a, bb = _lstm_consts(H, xs.dtype)
-    w_t = jnp.concatenate([w_ih, w_hh], 0).T  # (4H, D+H), hoisted
-    b_t = b[:, None]
+    w_t, b_t, consts = _lstm_weights(w_ih, w_hh, b)
 
     def body(carry, inp):
         h, c = carry  # (H, B)
         x_t, m = inp
         xh = jnp.concatenate([x_t, h], 0)  # (D+H, B)
-        g = a * jnp.tanh(s * (w_t @ xh + b_t)) + bb  # (4H, B)
-        c_new = g[H : 2 * H] * c + g[:H] * g[2 * H : 3 * H]
-        h_new = g[3 * H :] * jnp.tanh(c_new)
-        h_new, c_new = _mix(m, h_new, h), _mix(m, c_new, c)
+        h_new, c_new, g = _lstm_cell_fwd(w_t, b_t, consts, xh, h, c, m)
         return (h_new, c_new), (h_new.T, xh.T, c, g)
 
     xs_t = jnp.transpose(xs, (1, 2, 0))  # (T, D, B)
@@ -240,33 +251,19 @@ def _lstm_bwd_stacked(clip, mode, unroll, res, cts):
     dys, dhT, dcT = cts
     dhs = jnp.swapaxes(dys, 0, 1)
     T, G, B = gates.shape
-    H, D = G // 4, w_ih.shape[0]
+    D = w_ih.shape[0]
     w_cat = jnp.concatenate([w_ih, w_hh], 0)  # (D+H, 4H), hoisted
 
     def body(carry, inp):
         dh_next, dc_next = carry  # (H, B)
         dh_out, g, cp, m = inp
-        i, f, gg, o = g[:H], g[H : 2 * H], g[2 * H : 3 * H], g[3 * H :]
-        dh, dc = dh_out.T + dh_next, dc_next
-        if m is not None:  # padded step: identity on the carry
-            keep_h, keep_c = (1 - m) * dh, (1 - m) * dc
-            dh, dc = m * dh, m * dc
-        dh, dc = _clip((dh, dc), clip, mode, axis=0)  # dL/ds_t of a real step
-        tc = jnp.tanh(f * cp + i * gg)
-        dc = dc + dh * o * (1 - tc * tc)
-        dz = jnp.concatenate(
-            [
-                dc * gg * i * (1 - i),
-                dc * cp * f * (1 - f),
-                dc * i * (1 - gg * gg),
-                dh * tc * o * (1 - o),
-            ],
-            0,
-        )  # (4H, B)
+        dz, dc_prev, keep = _lstm_cell_bwd(
+            g, cp, dh_out.T + dh_next, dc_next, m, clip, mode, 0
+        )  # dz: (4H, B)
         dxh = w_cat @ dz  # (D+H, B): [dx_t; dh_{t-1}]
-        dh_prev, dc_prev = dxh[D:], dc * f
-        if m is not None:
-            dh_prev, dc_prev = dh_prev + keep_h, dc_prev + keep_c
+        dh_prev = dxh[D:]
+        if keep is not None:
+            dh_prev, dc_prev = dh_prev + keep[0], dc_prev + keep[1]
         return (dh_prev, dc_prev), (dz.T, dxh[:D].T)
 
     (dh0, dc0), (dz, dx) = lax.scan(
