@@ -93,33 +93,21 @@ def _scale(m, s):
 
 def _stateless(emit):
     """A stateless ``emit(m, s)`` of the scaled product as :func:`_sweep`'s form."""
-    return lambda r, inv, s, state, near: (emit(r * inv, s), state)
+    return lambda r, inv, s, state: (emit(r * inv, s), state)
 
 
-def _sweep(net, params, x, blocks, train, key, emit, init=lambda m: (), near=0):
+def _sweep(net, params, x, blocks, train, key, emit, init=lambda m: ()):
     """The backward sweep of the rescaled products ``d y / d h_l``, l = L-1 .. 0.
 
-    ``emit(r, inv, s, state, near) -> (kept, state)`` maps each product (``r * inv``,
-    scaled so that sum|entries| = 1, ``s`` the log of the scale: the product is
-    ``exp(s) * r * inv``) to what the caller keeps of it, inside
-    the sweep, and carries ``state`` from product to product (nearest the output first;
-    ``init(m)`` makes the first state from the first product's shape and dtype);
-    ``near`` is True (static) for the ``near`` products nearest the output, l >= L - near.
-    An SVD or a norm taken there lets XLA free the product at once (on CPU, touching
-    fresh memory for all L products costs as much as several SVDs). Returns (fold's ys
-    of ``kept``, the product ``d y / d h_0`` as (m, s), the final state)."""
-    L = len(resolve_net(net, params, blocks)[2])
-    near = min(near, L)
-    segs, _, y = segments(
-        net,
-        params,
-        x,
-        blocks=blocks,
-        train=train,
-        key=key,
-        cut=L - near if near else None,
-        single_after_cut=bool(near),
-    )
+    ``emit(r, inv, s, state) -> (kept, state)`` maps each product (``r * inv``, scaled
+    so that sum|entries| = 1, ``s`` the log of the scale: the product is
+    ``exp(s) * r * inv``) to what the caller keeps of it, inside the sweep, and carries
+    ``state`` from product to product, nearest the output first (``init(m)`` makes the
+    first state from the first product). An SVD or a norm taken there lets XLA free the
+    product at once (on CPU, touching fresh memory for all L products costs as much as
+    several SVDs). Returns (fold's ys of ``kept``, the product ``d y / d h_0`` as
+    (m, s), the final state)."""
+    segs, _, y = segments(net, params, x, blocks=blocks, train=train, key=key)
     last = segs[-1]  # always a single block
     if last.jac is not None:  # its Jacobian in closed form, no matmul
         m = last.jac().reshape(y.size, -1)
@@ -132,24 +120,19 @@ def _sweep(net, params, x, blocks, train, key, emit, init=lambda m: (), near=0):
     # so that a summary of the product need not write the scaled copy.
     a, s = _scale(m, jnp.zeros((), y.dtype))
     inv = 1 / a
-    kept, state = emit(m, inv, s, init(m), near > 0)
+    kept, state = emit(m, inv, s, init(m))
     y_last = jax.tree.map(lambda v: v[None], kept)
 
-    def stepper(is_near):
-        def step(carry, blk, _):
-            r, s, inv, st = carry
-            r = jax.vmap(lambda v: blk.vjp((v * inv).reshape(blk.out_shape)).ravel())(r)
-            a, s = _scale(r, s)
-            inv = 1 / a
-            kept, st = emit(r, inv, s, st, is_near)
-            return (r, s, inv, st), kept
+    def step(carry, blk, _):
+        r, s, inv, st = carry
+        r = jax.vmap(lambda v: blk.vjp((v * inv).reshape(blk.out_shape)).ravel())(r)
+        a, s = _scale(r, s)
+        inv = 1 / a
+        kept, st = emit(r, inv, s, st)
+        return (r, s, inv, st), kept
 
-        return step
-
-    head, tail = split_at(segs[:-1], L - near) if near else (segs[:-1], [])
-    carry, ys_tail = fold(tail, stepper(True), (m, s, inv, state), reverse=True)
-    (r, s, inv, state), ys = fold(head, stepper(False), carry, reverse=True)
-    return ys + ys_tail + [y_last], (r * inv, s), state
+    (r, s, inv, state), ys = fold(segs[:-1], step, (m, s, inv, state), reverse=True)
+    return ys + [y_last], (r * inv, s), state
 
 
 def _log_svdvals(m, s, svd="auto"):
@@ -595,69 +578,119 @@ def _lanczos_top(maps, qs, log_c, iters, dtype):
     return top
 
 
-def _tridiag_top(alphas, betas):
-    """Largest eigenvalue and its unit eigenvector of the symmetric tridiagonal matrix
-    with diagonal ``alphas`` (k scalars) and off-diagonal ``betas`` (k - 1): closed form
-    for k <= 2 (no LAPACK call inside a sweep's loop), ``eigh`` above."""
-    k = len(alphas)
-    if k == 1:
-        return alphas[0], jnp.ones((1,), alphas[0].dtype)
-    if k == 2:
-        (a, c), b = alphas, betas[0]
-        d = 0.5 * (a - c)
-        rad = jnp.sqrt(d * d + b * b)
-        # the eigenvector's two forms, each free of cancellation on its side of d = 0
-        v = jnp.where(d >= 0, jnp.stack([d + rad, b]), jnp.stack([b, rad - d]))
-        n = jnp.sqrt(jnp.sum(v * v))
-        v = jnp.where(n > 0, v / jnp.where(n > 0, n, 1.0), jnp.array([1.0, 0.0], a.dtype))
-        return 0.5 * (a + c) + rad, v
-    t = jnp.diag(jnp.stack(alphas))
-    t = t + jnp.diag(jnp.stack(betas), 1) + jnp.diag(jnp.stack(betas), -1)
-    lam, vec = jnp.linalg.eigh(t)
-    return lam[-1], vec[:, -1]
-
-
 def _norm2(v):
     """Euclidean norm of a vector whose entries are O(1) (no rescaling pass)."""
     return jnp.sqrt(jnp.sum(v * v))
 
 
-def _lanczos_left(r, inv, u, k):
-    """``k`` Lanczos steps on ``m m^T`` with ``m = r * inv`` (an explicit (ny, n) matrix
-    and a positive scalar, so that ``m`` is never written out) from the unit vector
-    ``u`` (ny,), fully re-orthogonalised: (the top Ritz value, a lower bound on
-    sigma_max(m)^2 that is exact when the Krylov space holds the top left singular
-    vector; its unit Ritz vector, the next start). 2k - 1 passes over ``r``; k = 1 takes
-    one power step instead (two passes), so that the start vector improves.
+def _top2(alphas, betas):
+    """Largest eigenvalue and unit eigenvector of the 1 x 1 or 2 x 2 symmetric
+    tridiagonal matrix with diagonal ``alphas`` and off-diagonal ``betas``, in closed
+    form (no LAPACK call inside a sweep's loop)."""
+    if len(alphas) == 1:
+        return alphas[0], jnp.ones((1,), alphas[0].dtype)
+    (a, c), b = alphas, betas[0]
+    d = 0.5 * (a - c)
+    rad = jnp.sqrt(d * d + b * b)
+    # the eigenvector's two forms, each free of cancellation on its side of d = 0
+    v = jnp.where(d >= 0, jnp.stack([d + rad, b]), jnp.stack([b, rad - d]))
+    n = _norm2(v)
+    v = jnp.where(n > 0, v / jnp.where(n > 0, n, 1.0), jnp.array([1.0, 0.0], a.dtype))
+    return 0.5 * (a + c) + rad, v
 
-    ``r``'s entries are at most about ``1 / inv`` (a sweep's scale), so the products
-    with unit vectors are scaled by ``inv`` as soon as they are formed."""
-    qs, alphas, betas = [u], [], []
-    q_prev, beta = jnp.zeros_like(u), jnp.zeros((), r.dtype)
-    for i in range(k):
-        q = qs[-1]
+
+def _lanczos_left(r, inv, u, min_iters, max_iters, tol):
+    """Lanczos on ``m m^T`` with ``m = r * inv`` (an explicit (ny, n) matrix and a
+    positive scalar, so that ``m`` is never written out) from the unit vector ``u``
+    (ny,), fully re-orthogonalised, for ``min_iters`` steps and then until the top
+    Ritz pair's residual ``rho = ||m m^T y - theta y||`` (= beta_k |s_k|, free from the
+    recurrence) has ``rho^2 <= tol * theta^2``, or after ``max_iters`` steps, or when
+    the Krylov space is exhausted (theta's error is about ``rho^2 / gap``, gap the
+    distance to the next eigenvalue: about ``tol * theta`` for a well-separated top).
+    Returns (theta, the top Ritz value: a lower bound on sigma_max(m)^2, exact when the
+    Krylov space holds the top left singular vector, and within ``rho`` of an
+    eigenvalue of ``m m^T``; the next start vector, ``m m^T y`` normalised: one power
+    step beyond the Ritz vector, also free).
+
+    Each step is two passes over ``r``. The first steps are unrolled and tested in
+    closed form; the rest run in a ``while_loop`` (which, under ``vmap``, runs until
+    every example has converged, keeping a converged example's state as it is) on the
+    tridiagonal matrix padded to ``max_iters`` with zeros. That adds only zero
+    eigenvalues (it is positive semi-definite), so its top eigenpair is that of the
+    steps taken: by :func:`_top_eig` for the test in each step (no LAPACK call per
+    step), by ``eigh`` once at the end."""
+    k = min(max_iters, u.shape[0])
+    dtype = r.dtype
+    idx = jnp.arange(k)
+
+    def lanczos_step(q, q_prev, beta_prev, qs):
+        """(alpha, beta, next q) of one step from q; ``qs`` (j, ny) to re-orthogonalise
+        against (zero rows project out nothing)."""
         z = (q @ r) * inv  # m^T q
-        alpha = jnp.sum(z * z)  # q^T m m^T q
-        alphas.append(alpha)
-        if i + 1 == k and k > 1:
-            break
-        w = (r @ z) * inv  # m m^T q
-        if k == 1:  # one power step: the value ||m m^T q|| / ||m^T q||, next start
-            nw = _norm2(w)
-            lam = jnp.where(alpha > 0, (nw / jnp.where(alpha > 0, alpha, 1.0)) ** 2, 0.0)
-            lam = jnp.maximum(lam * alpha, alpha)  # ||w||^2 / alpha >= alpha
-            return lam, jnp.where(nw > 0, w / jnp.where(nw > 0, nw, 1.0), u)
-        w = w - alpha * q - beta * q_prev
-        basis = jnp.stack(qs)
-        w = w - basis.T @ (basis @ w)  # re-orthogonalise (the recurrence is the first)
+        alpha = jnp.sum(z * z)
+        w = (r @ z) * inv - alpha * q - beta_prev * q_prev  # m m^T q, orthogonalised
+        w = w - qs.T @ (qs @ w)  # re-orthogonalise
         beta = _norm2(w)
+        return alpha, beta, w / jnp.where(beta > 0, beta, 1.0)  # 0 once exhausted
+
+    def converged(theta, beta, s_last):
+        res = beta * s_last  # the Ritz pair's residual
+        return (res * res <= tol * theta * theta) | (beta == 0)
+
+    m0 = min(min_iters, k)
+    qs, alphas, betas = [u], [], []
+    q_prev, beta = jnp.zeros_like(u), jnp.zeros((), dtype)
+    for _ in range(m0):  # unrolled: a step in the loop below costs about 1.5x more
+        alpha, beta, q_next = lanczos_step(qs[-1], q_prev, beta, jnp.stack(qs))
+        alphas.append(alpha)
         betas.append(beta)
-        q_prev = q
-        qs.append(w / jnp.where(beta > 0, beta, 1.0))  # 0 once the space is exhausted
-    lam, vec = _tridiag_top(alphas, betas)
-    y = jnp.stack(qs).T @ vec
-    n = _norm2(y)
-    return jnp.maximum(lam, 0.0), jnp.where(n > 0, y / jnp.where(n > 0, n, 1.0), u)
+        q_prev = qs[-1]
+        qs.append(q_next)
+    if m0 <= 2:
+        theta, vec = _top2(alphas, betas[:-1])
+    else:
+        off = jnp.stack(betas[:-1])
+        t0 = jnp.diag(jnp.stack(alphas)) + jnp.diag(off, 1) + jnp.diag(off, -1)
+        theta, vec = _top_eig(t0)
+    if k > m0:
+
+        def tridiag(al, be, i):  # T of the first i steps, padded with zeros
+            off = jnp.where(idx < i - 1, be, 0.0)[:-1]
+            return jnp.diag(al) + jnp.diag(off, 1) + jnp.diag(off, -1)
+
+        def body(st):
+            i, q, q_prev, beta_prev, basis, al, be, *_ = st
+            alpha, beta, q_next = lanczos_step(q, q_prev, beta_prev, basis)
+            al, be = al.at[i].set(alpha), be.at[i].set(beta)
+            basis = basis.at[jnp.minimum(i + 1, k - 1)].set(
+                jnp.where(i + 1 < k, q_next, basis[k - 1])
+            )
+            theta, vec = _top_eig(tridiag(al, be, i + 1))
+            return (i + 1, q_next, q, beta, basis, al, be, theta, vec,
+                    converged(theta, beta, vec[i]))  # fmt: skip
+
+        pad = lambda v: jnp.zeros((k,), dtype).at[:m0].set(jnp.stack(v))  # noqa: E731
+        basis = jnp.zeros((k, u.shape[0]), dtype).at[: m0 + 1].set(jnp.stack(qs))
+        st = (m0, qs[-1], q_prev, beta, basis, pad(alphas), pad(betas), theta,
+              jnp.zeros((k,), dtype).at[:m0].set(vec), converged(theta, beta, vec[-1]))  # fmt: skip
+        i, q_next, _, beta, basis, al, be, _, _, _ = jax.lax.while_loop(
+            lambda st: (st[0] < k) & ~st[-1], body, st
+        )
+        # the final pair by eigh: _top_eig's value is only within [lambda_2, lambda_1]
+        # of T when those nearly coincide (1.8e-4 low on a 12 x 30 Gaussian matrix)
+        lam, vecs = jnp.linalg.eigh(tridiag(al, be, i))
+        theta, vec = lam[-1], vecs[:, -1]
+        y = vec @ jnp.where((idx < i)[:, None], basis, 0.0)  # the Ritz vector
+        s_last = vec[jnp.maximum(i - 1, 0)]
+    else:
+        if m0 > 2:  # the final pair by eigh, as after the loop
+            lam, vecs = jnp.linalg.eigh(t0)
+            theta, vec = lam[-1], vecs[:, -1]
+        y = vec @ jnp.stack(qs[:-1])
+        q_next, s_last = qs[-1], vec[-1]
+    nxt = theta * y + beta * s_last * q_next  # m m^T y
+    n = _norm2(nxt)
+    return jnp.maximum(theta, 0.0), jnp.where(n > 0, nxt / jnp.where(n > 0, n, 1.0), u)
 
 
 def output_norms(
@@ -666,9 +699,9 @@ def output_norms(
     x: jax.Array,
     key: jax.Array,
     *,
-    iters: int = 2,
-    tail: int = 8,
-    tail_iters: int = 12,
+    iters: int = 16,
+    min_iters: int = 8,
+    tol: float = 1e-4,
     blocks: bool = True,
     train: bool = False,
     dropout_key: jax.Array | None = None,
@@ -682,27 +715,39 @@ def output_norms(
 
     - mean squared singular value: exact, ``||P_l||_F^2 / min(m, n)``;
     - spectral norm: Lanczos on ``P_l P_l^T`` (matrix-vector products with the explicit
-      product, no SVD), each product's run started from the previous product's top Ritz
-      vector. The top left singular vector of ``P_l = J_L ... J_{l+1}`` converges as l
-      decreases (it is set by the factors nearest the output; Oseledets), so the deep
-      products need few steps: ``iters`` each. The ``tail`` products nearest the output
-      (the shortest, with the flattest spectra) get ``tail_iters`` steps, the first from
-      a random start (``key``).
+      product, no SVD): ``min_iters`` steps, then on until the top Ritz pair's
+      residual is small (``tol``), or to ``iters`` steps. Each product's run starts
+      from the previous product's top Ritz vector, one power step on, plus a fresh
+      random vector orthogonal to it, in equal parts (the first from a random vector
+      drawn with ``key``). The warm half holds the top left singular vector when it
+      carries over (it converges as l decreases: it is set by the factors nearest the
+      output; Oseledets); the random half holds it when the top singular values cross
+      from one product to the next, which a warm start alone misses: started warm
+      only, with two steps, Lanczos settled on the second singular value (2.9% low) at
+      one product of a depth-32, width-256 tanh MLP.
 
     The spectral norm is a Ritz value: a lower bound (up to rounding), exact when the
-    Krylov space holds the top left singular vector. Measured against the SVDs of
-    :func:`output_spectra` (``scripts/bench_jacobian.py``, docs/benchmarks.md): on a
-    width-128, depth-128 tanh MLP at weight variance 1.5, median relative error under
-    1e-5 and largest under 1%, at about 1.4x the time of the sweep alone. Needs memory
-    for one product (m x n per example); for very wide layers use the matrix-free
+    Krylov space holds the top left singular vector. The stopping rule bounds the
+    distance to SOME eigenvalue of ``P P^T``, not to the largest: Lanczos can settle on
+    a lower one before the top one has grown in its space, which ``min_iters`` guards
+    against (8 steps: largest error 7.5e-4 at depth 32, width 256, and 1.8e-4 at depth
+    128, width 128; 6 steps: 6.4% at one product of the first). Accuracy against the
+    SVDs of :func:`output_spectra` and the time are measured in
+    ``scripts/bench_jacobian.py`` (docs/benchmarks.md). Needs memory for one product
+    (m x n per example); for very wide layers use the matrix-free
     :func:`output_norm_estimates`.
 
     Args:
         net, params, x: as :func:`output_sweep` (one example).
-        key: PRNG key for the first Lanczos start vector.
-        iters: Lanczos steps per product beyond the tail, >= 1.
-        tail: products nearest the output that get ``tail_iters`` steps, >= 0.
-        tail_iters: Lanczos steps for those, >= 1.
+        key: PRNG key for the random start vectors.
+        iters: the most Lanczos steps per product, >= 1 (``min(iters, size(y))`` steps
+            span the whole output space: exact).
+        min_iters: the fewest, >= 1 and <= ``iters``.
+        tol: stop (after ``min_iters``) when the residual
+            ``rho = ||P P^T y - theta y||`` of the top Ritz pair (theta ~ sigma^2, y
+            unit) has ``rho^2 <= tol * theta^2``, > 0. Some eigenvalue of ``P P^T``
+            then lies within ``rho`` of theta, and within about ``rho^2 / gap`` when
+            theta approximates an eigenvalue a gap above the next.
         blocks, train: as :func:`output_sweep`.
         dropout_key: the dropout key for ``train=True``.
 
@@ -710,22 +755,31 @@ def output_norms(
         A :class:`NormEstimates` with ``mean_sq_rel_err`` all 0 (exact).
     """
     _checks.positive_int("iters", iters)
-    _checks.non_negative_int("tail", tail)
-    _checks.positive_int("tail_iters", tail_iters)
+    _checks.positive_int("min_iters", min_iters)
+    _checks.positive("tol", tol)
+    if min_iters > iters:
+        raise ValueError(
+            f"`min_iters` must be at most `iters` ({iters}), got {min_iters}. Lower "
+            "`min_iters` or raise `iters`."
+        )
 
     def init(m):
-        return _unit(jax.random.normal(key, m.shape[:1], m.dtype))
+        return _unit(jax.random.normal(key, m.shape[:1], m.dtype)), key
 
-    def emit(r, inv, s, u, near):  # inside the sweep: freed once summarised
+    def emit(r, inv, s, state):  # inside the sweep: freed once summarised
         # m = r * inv has sum|m| = 1: its squared Frobenius norm lies in [1 / size, 1]
         fro2 = jnp.sum(jnp.square(r * inv))
-        lam, u = _lanczos_left(r, inv, u, tail_iters if near else iters)
+        u, k = state
+        k, kg = jax.random.split(k)
+        g = jax.random.normal(kg, u.shape, u.dtype)
+        g = g - jnp.vdot(g, u) * u  # a fresh random direction, orthogonal to u
+        u = _unit(u + g / jnp.maximum(_norm2(g), jnp.finfo(u.dtype).tiny))
+        lam, u = _lanczos_left(r, inv, u, min_iters, iters, tol)
+        u = (u, k)
         log_ms = 2 * s + jnp.log(fro2) - math.log(min(r.shape))
         return (s + 0.5 * safe_log(lam), log_ms), u
 
-    ys, *_ = _sweep(
-        net, params, x, blocks, train, dropout_key, emit, init, near=max(tail, 1)
-    )
+    ys, *_ = _sweep(net, params, x, blocks, train, dropout_key, emit, init)
     sn, ms = unchunk(ys)
     return NormEstimates(
         log_spectral_norm=sn, log_mean_sq=ms, mean_sq_rel_err=jnp.zeros_like(ms)

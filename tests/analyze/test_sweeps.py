@@ -216,7 +216,7 @@ def test_output_norms_exact_mean_square_and_lanczos_spectral_norm(getkey):
         params = _f64(params)
         x = jax.random.normal(getkey(), (6,), jnp.float64)
         norms = jax.jit(
-            lambda x, k: analyze.output_norms(net, params, x, k, iters=4, tail_iters=4)
+            lambda x, k: analyze.output_norms(net, params, x, k, iters=4, min_iters=4)
         )(x, getkey())
         _, hs = net.apply(params, x, return_intermediates=True)
         hs = (x,) + hs
@@ -233,6 +233,84 @@ def test_output_norms_exact_mean_square_and_lanczos_spectral_norm(getkey):
                 norms.log_spectral_norm[i], np.log(sv[0]), rtol=1e-8, atol=1e-8
             )
         assert float(jnp.max(norms.mean_sq_rel_err)) == 0.0
+
+
+def test_output_norms_on_a_deep_net_against_svd_of_jacrev(getkey):
+    """Depth 24, width 20 (more than ``iters``: Lanczos never spans the whole space),
+    float64: the warm-started Lanczos of every product against numpy's SVD of
+    jax.jacrev of the sub-network. A Ritz value never exceeds sigma_max, and the
+    defaults (at least 8 steps, then to a 1e-4 residual) bring it within 1e-4."""
+    with jax.enable_x64(True):
+        L, n = 24, 20
+        net = nn.mlp(L, n, activation="tanh", weight_var=1.5, bias_var=0.05)
+        _, params = net.init(getkey(), (n,))
+        params = _f64(params)
+        x = jax.random.normal(getkey(), (n,), jnp.float64)
+        norms = jax.jit(lambda x, k: analyze.output_norms(net, params, x, k))(
+            x, getkey()
+        )
+        _, hs = net.apply(params, x, return_intermediates=True)
+        hs = (x,) + hs
+        top = []
+        for i in range(L):
+            jac = np.asarray(jax.jacrev(_sub(net, params, 2 * i))(hs[2 * i]))
+            sv = np.linalg.svd(jac, compute_uv=False)
+            top.append(sv[0])
+            np.testing.assert_allclose(
+                norms.log_mean_sq[i], np.log(np.sum(sv**2) / n), rtol=1e-10
+            )
+        gap = np.asarray(norms.log_spectral_norm) - np.log(top)
+        assert np.all(gap <= 1e-12)  # a lower bound
+        assert np.all(gap >= -1e-4)
+
+
+def test_top2_closed_form_equals_eigh(rng):
+    """The 2 x 2 tridiagonal eigenpair in closed form, both branches (a >= c, a < c),
+    a zero off-diagonal and equal diagonals, against numpy.linalg.eigh."""
+    from jgrad.analyze._sweeps import _top2
+
+    cases = [tuple(rng.standard_normal(3)) for _ in range(20)]
+    cases += [(2.0, 1.0, 0.0), (1.0, 2.0, 0.0), (1.5, 1.5, 0.3), (1.5, 1.5, 0.0)]
+    with jax.enable_x64(True):
+        _check_top2(cases, _top2)
+
+
+def _check_top2(cases, _top2):
+    for a, c, b in cases:
+        lam, vec = _top2([jnp.float64(a), jnp.float64(c)], [jnp.float64(b)])
+        w, v = np.linalg.eigh(np.array([[a, b], [b, c]]))
+        np.testing.assert_allclose(float(lam), w[-1], rtol=1e-12, atol=1e-12)
+        t = np.array([[a, b], [b, c]])
+        np.testing.assert_allclose(t @ np.asarray(vec), w[-1] * np.asarray(vec),
+                                   atol=1e-12)  # fmt: skip
+        np.testing.assert_allclose(np.linalg.norm(vec), 1.0, rtol=1e-12)
+
+
+def test_lanczos_left_spans_the_space_and_stops_on_the_residual(rng):
+    """_lanczos_left on an explicit matrix: with as many steps as rows it is exact;
+    with a loose tolerance it stops early, below sigma_max^2 but within the residual
+    of an eigenvalue of m m^T; its next start vector is a unit vector."""
+    from jgrad.analyze._sweeps import _lanczos_left
+
+    with jax.enable_x64(True):
+        m = jnp.asarray(rng.standard_normal((12, 30)))
+        u = jnp.asarray(rng.standard_normal(12))
+        u = u / jnp.linalg.norm(u)
+        ev = np.linalg.eigvalsh(np.asarray(m @ m.T))
+        lam, nxt = _lanczos_left(m * 0.5, 2.0, u, 12, 12, 1e-30)
+        np.testing.assert_allclose(float(lam), ev[-1], rtol=1e-10)
+        np.testing.assert_allclose(float(jnp.linalg.norm(nxt)), 1.0, rtol=1e-12)
+        lam2, _ = jax.jit(lambda m, u: _lanczos_left(m, 1.0, u, 2, 12, 1e-2))(m, u)
+        assert float(lam2) <= ev[-1] * (1 + 1e-12)
+        # rho^2 <= 1e-2 theta^2: some eigenvalue within 0.1 theta
+        assert np.min(np.abs(ev - float(lam2))) <= 0.1 * float(lam2)
+
+
+def test_output_norms_min_iters_above_iters_is_a_clear_error(getkey):
+    net = nn.mlp(2, 4, activation="tanh")
+    _, params = net.init(getkey(), (4,))
+    with pytest.raises(ValueError, match="min_iters"):
+        analyze.output_norms(net, params, jnp.ones(4), getkey(), iters=4, min_iters=6)
 
 
 def test_top_eig_matches_numpy_and_never_exceeds_the_top(rng):
