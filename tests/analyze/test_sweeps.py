@@ -332,3 +332,34 @@ def test_top_eig_matches_numpy_and_never_exceeds_the_top(rng):
             )
         else:
             assert float(val) >= top2 - 1e-5
+
+
+def test_a_dead_relu_layer_gives_minus_inf_not_nan(getkey):
+    """Block 1 of a ReLU MLP with every pre-activation negative: the products through
+    it (d y / d h_0, d y / d h_1) are exactly zero. The sweeps' scale then carries
+    log 0 = -inf: output_norms and output_spectra report -inf for them, no NaN, and
+    the products above the dead block keep their jacrev values."""
+    with jax.enable_x64(True):
+        # random biases keep blocks 2 and 3 alive on the zero output of block 1
+        net = nn.mlp(4, 6, activation="relu", init="he_normal", bias_var=1.0)
+        _, params = net.init(getkey(), (6,))
+        params = list(_f64(params))
+        params[2] = {"w": params[2]["w"], "b": jnp.full(6, -1e3)}  # dense of block 1
+        params = tuple(params)
+        x = jax.random.normal(getkey(), (6,), jnp.float64)
+        # 6 steps span the 6-wide output space: exact where the product is not zero
+        norms = analyze.output_norms(net, params, x, getkey(), iters=6, min_iters=6)
+        spectra = analyze.output_spectra(net, params, x)
+        _, hs = net.apply(params, x, return_intermediates=True)
+        hs = (x,) + hs
+        for i in range(4):
+            sn, ms = float(norms.log_spectral_norm[i]), float(norms.log_mean_sq[i])
+            if i < 2:
+                assert sn == -np.inf and ms == -np.inf
+                assert np.all(np.asarray(spectra[i]) == -np.inf)
+            else:
+                jac = np.asarray(jax.jacrev(_sub(net, params, 2 * i))(hs[2 * i]))
+                sv = np.linalg.svd(jac, compute_uv=False)
+                assert sv[0] > 0
+                np.testing.assert_allclose(sn, np.log(sv[0]), rtol=1e-8)
+                np.testing.assert_allclose(ms, np.log(np.mean(sv**2)), rtol=1e-8)
