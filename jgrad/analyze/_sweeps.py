@@ -214,6 +214,15 @@ class NormEstimates(NamedTuple):
     mean_sq_rel_err: jax.Array
 
 
+def _pull_one(cur, lg, blk):
+    """Pulls the unit rows ``cur`` (k, size(out)) back through ``blk`` and renormalises
+    them: (unit rows (k, size(in)), their logs ``lg`` plus the logs of the norms)."""
+    out = jax.vmap(blk.vjp)(cur.reshape((-1,) + blk.out_shape))
+    out = out.reshape((cur.shape[0], -1))
+    n = vec_norm(out)
+    return out / jnp.where(n > 0, n, 1.0)[:, None], lg + safe_log(n)
+
+
 def _pull_rows(segs, rows, keep=None):
     """One backward sweep of the rows (k, size(y)) at the output: P_l^T r for every l.
 
@@ -222,17 +231,43 @@ def _pull_rows(segs, rows, keep=None):
     norms (writing vectors out of a loop costs memory traffic)."""
 
     def step(carry, blk, _):
-        cur, lg = carry
-        out = jax.vmap(blk.vjp)(cur.reshape((-1,) + blk.out_shape))
-        out = out.reshape((cur.shape[0], -1))
-        n = vec_norm(out)
-        cur = out / jnp.where(n > 0, n, 1.0)[:, None]
-        lg = lg + safe_log(n)
+        cur, lg = _pull_one(*carry, blk)
         return (cur, lg), (cur[:keep], lg)
 
     lg0 = jnp.zeros(rows.shape[0], rows.dtype)
     _, ys = fold(segs, step, (rows, lg0), reverse=True)
     return ys
+
+
+def _pull_last(segs, rows, keep, prev, cut):
+    """The last pull of :func:`output_norm_estimates`: ``rows`` (k, size(y)) pulled back
+    in ONE sweep and summarised on the way, so that their unit rows are not stored for
+    every block (at L = 128, 16 examples, that store and its copies in and out of the
+    loop put the scratch over glibc's 32 MiB mmap threshold: a page fault per 4 KiB on
+    every call). At every block: the Gram matrix of the earlier blocks of Q's unit rows
+    there (``prev``: per segment, a tuple of stacked (R, k_j, n) arrays) and the first
+    ``keep`` of these, and the logs of all k rows' norms; the kept rows themselves only
+    for the blocks from ``cut`` on (the tail's start vectors).
+
+    Returns fold's ys of (Gram (r, r), logs (k,), rows or None)."""
+
+    def make(store):
+        def step(carry, blk, zs):
+            cur, lg = _pull_one(*carry, blk)
+            # the Gram matrix of all blocks' unit rows [z_0; ...; top] at this block;
+            # formed here, from one block's rows, XLA makes no transposed copy of
+            # every block's stored rows (as it does for one einsum over all of them)
+            rows = jnp.concatenate([*zs, cur[:keep]])
+            gram = rows @ rows.T
+            return (cur, lg), (gram, lg, cur[:keep] if store else None)
+
+        return step
+
+    head, tail = split_at(segs, cut)
+    carry = (rows, jnp.zeros(rows.shape[0], rows.dtype))
+    carry, ys_tail = fold(tail, make(True), carry, prev[len(head) :], reverse=True)
+    _, ys_head = fold(head, make(False), carry, prev[: len(head)], reverse=True)
+    return ys_head + ys_tail
 
 
 def _push_sum(segs, zs, zlogs):
@@ -382,9 +417,8 @@ def output_norm_estimates(
                 basis = jnp.concatenate(us)
                 g = jax.random.normal(kg, (probes, ny), dtype)
                 g = g - (g @ basis.T) @ basis
-                ys = _pull_rows(segs, jnp.concatenate([u, g]), keep=rank)
-                pulled.append([(z, lg[:, :rank]) for z, lg in ys])
-                glogs = [2 * lg[:, rank:] for _, lg in ys]  # log ||P_l^T g_j||^2
+                prev = [tuple(p[i][0] for p in pulled) for i in range(len(segs))]
+                last = _pull_last(segs, jnp.concatenate([u, g]), rank, prev, L - t)
                 break
             pulled.append(_pull_rows(segs, u))
             if it == 0:  # c_l: ||P_l||_F^2 ~ (ny / rank) sum_i ||P_l^T u_i||^2
@@ -403,36 +437,50 @@ def output_norm_estimates(
             us.append(u)
     tiny = jnp.finfo(dtype).tiny
 
-    def summary(rows, lg, per_probe):
-        """One product: (log sigma_max lower bound, start vector, log ||P||_F^2, rel err)
-        from its unit rows Q^T P (r, n), their logs (r,), and the probes' logs."""
+    def summary(g, lg, per_probe):
+        """One product: (log sigma_max lower bound, weights ws with the start vector
+        ``v ~ rows^T ws``, log ||P||_F^2, rel err) from the Gram matrix ``g`` (r, r) of
+        its unit rows Q^T P, their logs (r,), and the probes' logs."""
         mx = jnp.max(lg)
         mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
-        rows = rows * jnp.exp(lg - mx)[:, None]  # Q^T P_l / exp(mx)
-        lam, w = _top_eig(rows @ rows.T)
-        v = rows.T @ w
-        v = v / jnp.maximum(jnp.linalg.norm(v), tiny)
+        e = jnp.exp(lg - mx)  # the rows scaled to Q^T P_l / exp(mx)
+        lam, w = _top_eig(g * e[:, None] * e[None, :])
         fro_q = jax.nn.logsumexp(2 * lg)
         if per_probe is None:
-            return 0.5 * safe_log(lam) + mx, v, fro_q, jnp.zeros((), dtype)
+            return 0.5 * safe_log(lam) + mx, w * e, fro_q, jnp.zeros((), dtype)
         fro_r = jax.nn.logsumexp(per_probe) - jnp.log(float(probes))
         tot = jnp.logaddexp(fro_q, fro_r)
         share = jnp.exp(per_probe - tot)  # each probe's residual over the total
         sd = jnp.std(share, ddof=1 if probes > 1 else 0) / jnp.sqrt(float(probes))
-        return 0.5 * safe_log(lam) + mx, v, tot, sd
+        return 0.5 * safe_log(lam) + mx, w * e, tot, sd
 
-    # per segment: rows (R, r, n) and logs (R, r) over all blocks of Q, probes (R, k)
-    rows = [
-        jnp.concatenate(z, axis=1) for z in zip(*[[a for a, _ in p] for p in pulled])
-    ]
-    lgs = [
-        jnp.concatenate(z, axis=1) for z in zip(*[[b for _, b in p] for p in pulled])
-    ]
-    probe = [None] * len(segs) if full else glogs
-    sn, starts, fro, rel_err = _map_by_shape(summary, rows, lgs, probe)
+    # per segment: the Gram matrices (R, r, r) of all blocks of Q, logs (R, r), probes
+    if full:
+        grams = [jnp.einsum("...in,...jn->...ij", z, z) for z, _ in pulled[0]]
+        lgs = [lg for _, lg in pulled[0]]
+        probe = None
+    else:
+        grams = [gm for gm, _, _ in last]
+        lgs = [
+            jnp.concatenate([p[i][1] for p in pulled] + [lg[:, :rank]], -1)
+            for i, (_, lg, _) in enumerate(last)
+        ]
+        probe = unchunk([2 * lg[:, rank:] for _, lg, _ in last])  # log ||P^T g_j||^2
+    # in chunks of 16 products: the Gram matrices' squarings for all L at once held
+    # three (L, r, r) temporaries per example (13.5 MiB at L = 128, 16 examples)
+    sn, ws, fro, rel_err = jax.lax.map(
+        lambda a: summary(*a),
+        (unchunk(grams), unchunk(lgs), probe),
+        batch_size=16,
+    )
     if t and not full:
         maps = split_at(segs, L - t)[1]  # single Blocks
-        top = _lanczos_top(maps, starts[L - t :], fro[L - t :], iters, dtype)
+        starts = []  # the top right singular vectors' estimates v ~ (Q^T P)^T ws
+        for j, i in enumerate(range(len(segs) - t, len(segs))):
+            rows_ = jnp.concatenate([p[i][0][0] for p in pulled] + [last[i][2][0]])
+            v = rows_.T @ ws[L - t + j]
+            starts.append(v / jnp.maximum(jnp.linalg.norm(v), tiny))
+        top = _lanczos_top(maps, starts, fro[L - t :], iters, dtype)
         sn_t = 0.5 * (safe_log(jnp.maximum(top, 0.0)) + fro[L - t :])
         sn = sn.at[L - t :].set(jnp.maximum(sn[L - t :], sn_t))
     r = jnp.asarray([min(ny, math.prod(s)) for s in shapes], dtype)
@@ -441,31 +489,6 @@ def output_norm_estimates(
         log_mean_sq=fro - jnp.log(r),
         mean_sq_rel_err=rel_err,
     )
-
-
-def _map_by_shape(f, *chunked):
-    """``vmap(f)`` over every block, the arguments given per segment (stacked, as fold's
-    ys): one vmapped call over all blocks when their shapes agree, else one per group of
-    equal shapes. Returns (sn, starts, fro, rel_err): the scalars stacked (L,), the
-    vectors as a list of L."""
-    shapes = {tuple(a.shape[1:]) for a in chunked[0]}
-    if len(shapes) == 1:
-        args = [None if c[0] is None else unchunk(c) for c in chunked]
-        sn, starts, fro, err = jax.vmap(f)(*args)
-        return sn, list(starts), fro, err
-    blocks = [per_block(c) if c[0] is not None else None for c in chunked]
-    L = len(blocks[0])
-    groups = {}
-    for i in range(L):
-        groups.setdefault(blocks[0][i].shape, []).append(i)
-    out = [None] * L
-    for idx in groups.values():
-        args = [None if b is None else jnp.stack([b[i] for i in idx]) for b in blocks]
-        res = jax.vmap(f)(*args)
-        for j, i in enumerate(idx):
-            out[i] = [a[j] for a in res]
-    sn, starts, fro, err = (list(v) for v in zip(*out, strict=True))
-    return jnp.stack(sn), starts, jnp.stack(fro), jnp.stack(err)
 
 
 def _unit(v):
