@@ -673,44 +673,43 @@ def _lanczos_left(r, inv, u, min_iters, max_iters, tol):
         theta, vec = _top2(alphas, betas[:-1])
     else:
         off = jnp.stack(betas[:-1])
-        t0 = jnp.diag(jnp.stack(alphas)) + jnp.diag(off, 1) + jnp.diag(off, -1)
-        theta, vec = _top_eig(t0)
-    if k > m0:
-
-        def tridiag(al, be, i):  # T of the first i steps, padded with zeros
-            off = jnp.where(idx < i - 1, be, 0.0)[:-1]
-            return jnp.diag(al) + jnp.diag(off, 1) + jnp.diag(off, -1)
-
-        def body(st):
-            i, q, q_prev, beta_prev, basis, al, be, *_ = st
-            alpha, beta, q_next = lanczos_step(q, q_prev, beta_prev, basis)
-            al, be = al.at[i].set(alpha), be.at[i].set(beta)
-            basis = basis.at[jnp.minimum(i + 1, k - 1)].set(
-                jnp.where(i + 1 < k, q_next, basis[k - 1])
-            )
-            theta, vec = _top_eig(tridiag(al, be, i + 1))
-            return (i + 1, q_next, q, beta, basis, al, be, theta, vec,
-                    converged(theta, beta, vec[i]))  # fmt: skip
-
-        pad = lambda v: jnp.zeros((k,), dtype).at[:m0].set(jnp.stack(v))  # noqa: E731
-        basis = jnp.zeros((k, u.shape[0]), dtype).at[: m0 + 1].set(jnp.stack(qs))
-        st = (m0, qs[-1], q_prev, beta, basis, pad(alphas), pad(betas), theta,
-              jnp.zeros((k,), dtype).at[:m0].set(vec), converged(theta, beta, vec[-1]))  # fmt: skip
-        i, q_next, _, beta, basis, al, be, _, _, _ = jax.lax.while_loop(
-            lambda st: (st[0] < k) & ~st[-1], body, st
+        theta, vec = _top_eig(
+            jnp.diag(jnp.stack(alphas)) + jnp.diag(off, 1) + jnp.diag(off, -1)
         )
-        # the final pair by eigh: _top_eig's value is only within [lambda_2, lambda_1]
-        # of T when those nearly coincide (1.8e-4 low on a 12 x 30 Gaussian matrix)
-        lam, vecs = jnp.linalg.eigh(tridiag(al, be, i))
-        theta, vec = lam[-1], vecs[:, -1]
-        y = vec @ jnp.where((idx < i)[:, None], basis, 0.0)  # the Ritz vector
-        s_last = vec[jnp.maximum(i - 1, 0)]
-    else:
-        if m0 > 2:  # the final pair by eigh, as after the loop
-            lam, vecs = jnp.linalg.eigh(t0)
-            theta, vec = lam[-1], vecs[:, -1]
-        y = vec @ jnp.stack(qs[:-1])
-        q_next, s_last = qs[-1], vec[-1]
+
+    def tridiag(al, be, i):  # T of the first i steps, padded with zeros
+        off = jnp.where(idx < i - 1, be, 0.0)[:-1]
+        return jnp.diag(al) + jnp.diag(off, 1) + jnp.diag(off, -1)
+
+    def body(st):
+        i, q, q_prev, beta_prev, basis, al, be, *_ = st
+        alpha, beta, q_next = lanczos_step(q, q_prev, beta_prev, basis)
+        al, be = al.at[i].set(alpha), be.at[i].set(beta)
+        basis = basis.at[jnp.minimum(i + 1, k - 1)].set(
+            jnp.where(i + 1 < k, q_next, basis[k - 1])
+        )
+        theta, vec = _top_eig(tridiag(al, be, i + 1))
+        return (i + 1, q_next, q, beta, basis, al, be, theta, vec,
+                converged(theta, beta, vec[i]))  # fmt: skip
+
+    def pad(v):  # (m0,) -> (k,), zeros after
+        return jnp.zeros((k,), dtype).at[:m0].set(v)
+
+    # the loop does not run when the first steps already span k (m0 == k)
+    nb = min(m0 + 1, k)
+    basis = jnp.zeros((k, u.shape[0]), dtype).at[:nb].set(jnp.stack(qs[:nb]))
+    al, be = pad(jnp.stack(alphas)), pad(jnp.stack(betas))
+    st = (m0, qs[-1], q_prev, beta, basis, al, be, theta, pad(vec),
+          converged(theta, beta, vec[-1]))  # fmt: skip
+    i, q_next, _, beta, basis, al, be, _, _, _ = jax.lax.while_loop(
+        lambda st: (st[0] < k) & ~st[-1], body, st
+    )
+    # the final pair by eigh: _top_eig's value is only within [lambda_2, lambda_1] of T
+    # when those nearly coincide (1.8e-4 low on a 12 x 30 Gaussian matrix)
+    lam, vecs = jnp.linalg.eigh(tridiag(al, be, i))
+    theta, vec = lam[-1], vecs[:, -1]
+    y = vec @ jnp.where((idx < i)[:, None], basis, 0.0)  # the Ritz vector
+    s_last = vec[jnp.maximum(i - 1, 0)]
     nxt = theta * y + beta * s_last * q_next  # m m^T y
     n = _norm2(nxt)
     return jnp.maximum(theta, 0.0), jnp.where(n > 0, nxt / jnp.where(n > 0, n, 1.0), u)
@@ -798,9 +797,8 @@ def output_norms(
         g = g - jnp.vdot(g, u) * u  # a fresh random direction, orthogonal to u
         u = _unit(u + g / jnp.maximum(_norm2(g), jnp.finfo(u.dtype).tiny))
         lam, u = _lanczos_left(r, inv, u, min_iters, iters, tol)
-        u = (u, k)
         log_ms = 2 * s + jnp.log(fro2) - math.log(min(r.shape))
-        return (s + 0.5 * safe_log(lam), log_ms), u
+        return (s + 0.5 * safe_log(lam), log_ms), (u, k)
 
     ys, *_ = _sweep(net, params, x, blocks, train, dropout_key, emit, init)
     sn, ms = unchunk(ys)
