@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jgrad import _checks
 from jgrad.analyze._jacobians import resolve_net
@@ -91,12 +92,27 @@ def _scale(m, s):
     return jnp.where(a > 0, a, 1.0), s + safe_log(a)
 
 
+def _probe_row(n, dtype):
+    """A fixed row of n random signs (seed 0): see :func:`_sweep`'s ``probe``."""
+    return jnp.asarray(np.random.default_rng(0).choice([-1.0, 1.0], n), dtype)
+
+
+def _probe_scale(r, s):
+    """(||z||_1 for the carried probe row z = r[-1], or 1 where it is zero; the log scale
+    s plus its log). Where z is zero the step is not rescaled (and s unchanged): zero
+    rows above it give -inf singular values from the product itself, not from s."""
+    a = jnp.sum(jnp.abs(r[-1]))
+    ok = a > 0
+    a = jnp.where(ok, a, 1.0)
+    return a, s + jnp.log(a)
+
+
 def _stateless(emit):
     """A stateless ``emit(m, s)`` of the scaled product as :func:`_sweep`'s form."""
     return lambda r, inv, s, state: (emit(r * inv, s), state)
 
 
-def _sweep(net, params, x, blocks, train, key, emit, init=lambda m: ()):
+def _sweep(net, params, x, blocks, train, key, emit, init=lambda m: (), probe=False):
     """The backward sweep of the rescaled products ``d y / d h_l``, l = L-1 .. 0.
 
     ``emit(r, inv, s, state) -> (kept, state)`` maps each product (``r * inv``, scaled
@@ -106,7 +122,18 @@ def _sweep(net, params, x, blocks, train, key, emit, init=lambda m: ()):
     first state from the first product). An SVD or a norm taken there lets XLA free the
     product at once (on CPU, touching fresh memory for all L products costs as much as
     several SVDs). Returns (fold's ys of ``kept``, the product ``d y / d h_0`` as
-    (m, s), the final state)."""
+    (m, s), the final state).
+
+    ``probe=True`` (for callers that keep little or nothing of the intermediate
+    products): the product carries one more row, ``z = g^T P_l`` for a fixed row g of
+    random signs, pulled back by the same matmuls, and every step is scaled by
+    ``||z||_1`` instead of sum|entries| of the whole product: a reduction over one row
+    instead of a pass over the product (3.2 ms of a 57 ms sweep at L = 128, N = 128, 16
+    examples, 2-core CPU). The scale stays safe: ``sum|P| >= ||z||_1`` (the signs are
+    +-1), so the scaled entries never all underflow, and they exceed ``||z||_1`` only
+    by the factor ``||u||_1 / |g . u|`` for the product's column directions u, a
+    random projection's (about sqrt(n) / 0.7 typically). ``emit`` gets the rows without
+    z (a slice: a copy)."""
     segs, _, y = segments(net, params, x, blocks=blocks, train=train, key=key)
     last = segs[-1]  # always a single block
     if last.jac is not None:  # its Jacobian in closed form, no matmul
@@ -118,21 +145,26 @@ def _sweep(net, params, x, blocks, train, key, emit, init=lambda m: ()):
     # Scaling r by inv happens inside the next pull-back (a scalar XLA fuses into the
     # pull-back's elementwise work), not as a pass of its own; emit gets r and inv apart,
     # so that a summary of the product need not write the scaled copy.
-    a, s = _scale(m, jnp.zeros((), y.dtype))
+    if probe:
+        m = jnp.concatenate([m, (_probe_row(m.shape[0], m.dtype) @ m)[None]])
+        scale, rows = _probe_scale, lambda r: r[:-1]
+    else:
+        scale, rows = _scale, lambda r: r
+    a, s = scale(m, jnp.zeros((), y.dtype))
     inv = 1 / a
-    kept, state = emit(m, inv, s, init(m))
+    kept, state = emit(rows(m), inv, s, init(rows(m)))
     y_last = jax.tree.map(lambda v: v[None], kept)
 
     def step(carry, blk, _):
         r, s, inv, st = carry
         r = jax.vmap(lambda v: blk.vjp((v * inv).reshape(blk.out_shape)).ravel())(r)
-        a, s = _scale(r, s)
+        a, s = scale(r, s)
         inv = 1 / a
-        kept, st = emit(r, inv, s, st)
+        kept, st = emit(rows(r), inv, s, st)
         return (r, s, inv, st), kept
 
     (r, s, inv, state), ys = fold(segs[:-1], step, (m, s, inv, state), reverse=True)
-    return ys + [y_last], (r * inv, s), state
+    return ys + [y_last], (rows(r) * inv, s), state
 
 
 def _log_svdvals(m, s, svd="auto"):
@@ -189,7 +221,7 @@ def input_output_spectrum(
     (``svd`` as in ``log_singular_values``)."""
     _checks.choice("svd", svd, SVD_WHERE)
     _, (m, s), _ = _sweep(
-        net, params, x, True, train, key, _stateless(lambda m, s: None)
+        net, params, x, True, train, key, _stateless(lambda m, s: None), probe=True
     )
     return _log_svdvals(m, s, svd)
 

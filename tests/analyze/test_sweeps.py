@@ -77,8 +77,12 @@ def test_output_spectra_equal_numpy_svd_of_jacrev(getkey):
             jac = np.asarray(jax.jacrev(_sub(net, params, lo))(hs[lo]))
             ref = np.log(np.linalg.svd(jac, compute_uv=False))
             np.testing.assert_allclose(spec, ref, rtol=1e-9, atol=1e-9)
+        # the input-output spectrum scales by its probe row instead (``probe=True``):
+        # the same values up to rounding, against the same independent reference
         io = analyze.input_output_spectrum(net, params, x)
-        np.testing.assert_allclose(io, spectra[0], rtol=1e-12, atol=1e-12)
+        jac = np.asarray(jax.jacrev(lambda v: net.apply(params, v))(x))
+        ref = np.log(np.linalg.svd(jac, compute_uv=False))
+        np.testing.assert_allclose(io, ref, rtol=1e-9, atol=1e-9)
 
 
 def test_conv_net_uses_generic_linearization(getkey):
@@ -363,3 +367,39 @@ def test_a_dead_relu_layer_gives_minus_inf_not_nan(getkey):
                 assert sv[0] > 0
                 np.testing.assert_allclose(sn, np.log(sv[0]), rtol=1e-8)
                 np.testing.assert_allclose(ms, np.log(np.mean(sv**2)), rtol=1e-8)
+        # the probe-row scale of input_output_spectrum: the zero probe row leaves the
+        # scale alone, the zero product gives the -inf
+        io = analyze.input_output_spectrum(net, params, x)
+        assert np.all(np.asarray(io) == -np.inf)
+
+
+def test_probe_scale_with_a_probe_row_nearly_orthogonal_to_the_product(getkey):
+    """input_output_spectrum scales each step by ||g^T P_l||_1 for a fixed row g of
+    signs. A linear last layer y = h @ w with w @ g = 1e-6 * (a unit vector) makes
+    g^T P_l = (w @ g)^T ... about 1e-6 of the product at every l: the product is then
+    carried about 1e6 too large, in float32, and the spectrum still matches float64
+    SVD of jacrev."""
+    from jgrad.analyze._sweeps import _probe_row
+
+    n = 8
+    net = nn.serial(
+        *[nn.dense(n), nn.elementwise("tanh")] * 3,
+        nn.dense(n),
+    )
+    _, params = net.init(getkey(), (n,))
+    params = list(params)
+    g = np.asarray(_probe_row(n, jnp.float32), np.float64)
+    w = np.asarray(params[-1]["w"], np.float64)  # (in, out): y = h @ w + b
+    w = w - np.outer(w @ g, g) / (g @ g)  # w @ g = 0
+    e = np.asarray(jax.random.normal(getkey(), (n,)), np.float64)
+    w = w + 1e-6 * np.outer(e / np.linalg.norm(e), g) / (g @ g)  # w @ g = 1e-6 e
+    params[-1] = {"w": jnp.asarray(w, jnp.float32), "b": params[-1]["b"]}
+    params = tuple(params)
+    assert np.linalg.norm(np.asarray(params[-1]["w"]) @ g) < 1e-5 * np.linalg.norm(w)
+    x = jax.random.normal(getkey(), (n,))
+    io = analyze.input_output_spectrum(net, params, x)
+    with jax.enable_x64(True):
+        p64, x64 = _f64(params), jnp.asarray(x, jnp.float64)
+        jac = np.asarray(jax.jacrev(lambda v: net.apply(p64, v))(x64))
+    ref = np.log(np.linalg.svd(jac, compute_uv=False))
+    np.testing.assert_allclose(io[:4], ref[:4], rtol=1e-4, atol=1e-4)
