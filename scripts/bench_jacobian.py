@@ -18,7 +18,9 @@ For each (L, N, B) (depth, width, examples), in one run:
     ``svd="device"`` (XLA's SVD).
 (c) cheap summaries of every d y / d h_l: ``output_norm_estimates`` (shared block-Krylov
     output space + tail Lanczos for the spectral norm, Hutch++ for the mean squared singular
-    value) at the ``--settings`` given, and ``output_norms`` (explicit products, exact mean
+    value, the work tapered with depth) at the ``--settings`` given (by default its
+    defaults, and the earlier defaults that give every product every Krylov iteration and
+    every probe), and ``output_norms`` (explicit products, exact mean
     squared singular value, warm-started Lanczos: the default and ``min_iters=2``); their time
     over the naive all-layers time, and their accuracy against the exact values from (b).
 
@@ -82,6 +84,8 @@ from jgrad.experiments._bench import (  # noqa: E402
 GRID = [(32, 256, 16), (128, 128, 16)]
 QUICK = [(4, 16, 2)]
 WEIGHT_VAR, BIAS_VAR = 1.5, 0.05
+# (c) settings: the first 5 to 7 of these output_norm_estimates arguments, ":"-separated
+SETTING_NAMES = ("rank", "power", "probes", "tail", "iters", "reach", "deep_probes")
 
 
 def time_jit(fn, args, repeats):
@@ -147,9 +151,10 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
         "--settings",
-        default="8:2:24:12:6,8:2:32:16:6",
+        default="8:2:24:8:8:32:4,8:2:24:12:6:128:4",
         help="(c) output_norm_estimates settings to time, comma-separated "
-        "RANK:POWER:PROBES:TAIL:ITERS",
+        "RANK:POWER:PROBES:TAIL:ITERS[:REACH[:DEEP_PROBES]] (the first is the default "
+        "one, the second the earlier defaults: every product gets every iteration)",
     )
     ap.add_argument("--out", default="runs/bench_jacobian.json")
     ap.add_argument(
@@ -163,6 +168,16 @@ def main(argv=None):
     )
     add_precision_arg(ap)
     args = ap.parse_args(argv)
+    for setting in args.settings.split(","):
+        fields = setting.split(":")
+        if not 5 <= len(fields) <= len(SETTING_NAMES) or not all(
+            f.isdigit() for f in fields
+        ):
+            ap.error(
+                "--settings must be comma-separated RANK:POWER:PROBES:TAIL:ITERS"
+                f"[:REACH[:DEEP_PROBES]] integers, got {setting!r}; for example "
+                "8:2:24:8:8:32:4"
+            )
     set_precision(args.precision)
     grid = QUICK if args.quick else GRID
     if args.shapes:
@@ -269,7 +284,7 @@ def main(argv=None):
         ex_ms = analyze.spectrum_stats(exact).log_mean_sq
         accuracy = {}
         for setting in args.settings.split(","):
-            names = ("rank", "power", "probes", "tail", "iters")
+            names = SETTING_NAMES[: len(setting.split(":"))]
             kw = dict(zip(names, (int(v) for v in setting.split(":")), strict=True))
             name = f"c: jgrad output_norm_estimates {setting}"
             res[name], est = time_jit(
@@ -281,8 +296,8 @@ def main(argv=None):
                 (xs, keys),
                 args.repeats,
             )
-            accuracy[f"estimates {setting} (rank:power:probes:tail:iters)"] = (
-                rel_errors(est, ex_sn, ex_ms)
+            accuracy[f"estimates {setting} ({':'.join(names)})"] = rel_errors(
+                est, ex_sn, ex_ms
             )
         # output_norms: explicit products, exact mean sq., warm-started Lanczos (the
         # default: 8 to 16 steps a product; min_iters=2: the fast setting)

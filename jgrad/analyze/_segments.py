@@ -147,14 +147,17 @@ def _same_consts(a, b) -> bool:
     return True
 
 
-def segments(net, params, x, *, blocks, train, key, cut=None, single_after_cut=False):
+def segments(
+    net, params, x, *, blocks, train, key, cut=None, single_after_cut=False, bounds=()
+):
     """Forward pass of one example; returns (segments, block input shapes, output).
 
     ``segments`` is a list of :class:`Block` (linearized) and :class:`Run`. The last block
     is always a single Block (the sweeps start from its closed-form Jacobian), and no run
-    crosses block index ``cut`` (so that a sweep can cover the blocks from ``cut`` on
-    alone: :func:`split_at`); with ``single_after_cut`` the blocks from ``cut`` on are all
-    single Blocks. Reports (warns) the first non-finite block output."""
+    crosses block index ``cut`` or any index in ``bounds`` (so that a sweep can cover the
+    blocks from there on alone: :func:`split_at`); with ``single_after_cut`` the blocks
+    from ``cut`` on are all single Blocks. Reports (warns) the first non-finite block
+    output."""
     layers, params, ends = resolve_net(net, params, blocks)
     if train and any(_couples_examples(lay) for lay in layers):
         raise ValueError(
@@ -208,6 +211,7 @@ def segments(net, params, x, *, blocks, train, key, cut=None, single_after_cut=F
     segs, hs_in, i = [], [], 0
     while i < n:
         stop = min(cut if i < cut else (i + 1 if single_after_cut else n), n - 1)
+        stop = min([stop] + [b for b in bounds if b > i])
         j = i + 1
         while j < stop and same(i, j):
             j += 1

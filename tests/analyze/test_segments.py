@@ -149,9 +149,10 @@ def test_every_sweep_is_the_same_with_and_without_runs(kw, getkey, monkeypatch):
 
 def test_program_size_does_not_grow_with_depth(getkey):
     """The program of the estimator (and of the exact spectra) has the same matrix
-    products, loops and decompositions at depth 16 and 64: the sweeps scan the repeated
-    blocks, so compile time no longer grows with depth (only the stacking of the
-    params does, one operand per layer)."""
+    products, loops and decompositions at depth 48 and 96 (both beyond the estimator's
+    default ``reach``, 32): the sweeps scan the repeated blocks, so compile time no
+    longer grows with depth (only the stacking of the params does, one operand per
+    layer)."""
 
     def size(depth, fn):
         net = nn.mlp(depth, 8, activation="tanh")
@@ -166,6 +167,6 @@ def test_program_size_does_not_grow_with_depth(getkey):
         net, p, x, jax.random.key(0)
     )
     for fn in (est, analyze.output_spectra):
-        small, big = size(16, fn), size(64, fn)
+        small, big = size(48, fn), size(96, fn)
         assert small == big
         assert small[1] > 0  # the loops are there

@@ -179,6 +179,38 @@ def test_norm_estimates_accuracy_on_a_deep_tanh_net(getkey):
     np.testing.assert_allclose(reported, jnp.std(single, axis=0), rtol=0.3)
 
 
+@pytest.mark.parametrize("power", [1, 2, 3])
+def test_norm_estimates_depth_taper_is_unbiased_and_bounds_below(power, getkey):
+    """L = 24 > reach = 8: the 16 deeper products get Q's first blocks only and 6
+    probes projected off those, the 8 nearest all ``power`` iterations (the later ones
+    over those 8 blocks) and 24 probes. Both groups' Hutch++ stay unbiased (a probe
+    projected off the wrong space would drop a part of ||P||_F^2), the Ritz values stay
+    lower bounds, and the estimates stay close."""
+    net = nn.mlp(24, 48, activation="tanh", weight_var=1.5, bias_var=0.05)
+    _, params = net.init(getkey(), (48,))
+    x = jax.random.normal(getkey(), (48,))
+    spectra = jax.jit(lambda x: analyze.output_spectra(net, params, x))(x)
+    exact_sn = jnp.stack([s[0] for s in spectra])
+    exact_ms = jnp.stack([analyze.spectrum_stats(s).log_mean_sq for s in spectra])
+    kw = dict(power=power, reach=8, tail=4, deep_probes=6)
+    est = jax.jit(lambda k: analyze.output_norm_estimates(net, params, x, k, **kw))(
+        getkey()
+    )
+    assert bool(jnp.all(est.log_spectral_norm <= exact_sn + 1e-4))
+    assert float(jnp.max(jnp.abs(jnp.expm1(est.log_spectral_norm - exact_sn)))) < 0.05
+    assert float(jnp.max(jnp.abs(jnp.expm1(est.log_mean_sq - exact_ms)))) < 0.25
+    f = jax.jit(
+        lambda k: analyze.output_norm_estimates(net, params, x, k, **{**kw, "tail": 0})
+    )
+    runs = jax.lax.map(f, jax.random.split(getkey(), 100))
+    single = jnp.exp(runs.log_mean_sq - exact_ms[None])  # (100, L)
+    reported = jnp.mean(runs.mean_sq_rel_err, axis=0)
+    assert bool(jnp.all(reported > 0))
+    ratio = jnp.mean(single, axis=0)
+    assert bool(jnp.all(jnp.abs(ratio - 1) < 4 * reported / np.sqrt(100)))
+    assert bool(jnp.all(runs.log_spectral_norm <= exact_sn[None] + 1e-4))
+
+
 def test_vmap_over_examples_equals_a_loop(getkey):
     net = nn.mlp(3, 6, activation="tanh")
     _, params = net.init(getkey(), (6,))
