@@ -11,8 +11,8 @@ rescaled in log space, so nothing under- or overflows at any depth.
 - :func:`output_norms`: spectral norm (Lanczos) and exact mean squared singular value of
   every ``d y / d h_l`` from the explicit products of one sweep.
 - :func:`output_norm_estimates`: the same two summaries matrix-free (a shared block-Krylov
-  output subspace, Hutch++ probes, Lanczos for the products nearest the output), at a
-  small fraction of the cost of the exact spectra.
+  output subspace, Hutch++ probes, Lanczos for the products nearest the output, the work
+  tapered with depth), at a small fraction of the cost of the exact spectra.
 """
 
 from __future__ import annotations

@@ -245,6 +245,10 @@ def test_bad_input(getkey):
         analyze.output_norm_estimates(net, params, x, getkey(), power=-1)
     with pytest.raises(ValueError, match="`tail`"):
         analyze.output_norm_estimates(net, params, x, getkey(), tail=1.5)
+    with pytest.raises(ValueError, match="`reach`"):
+        analyze.output_norm_estimates(net, params, x, getkey(), reach=0)
+    with pytest.raises(ValueError, match="`deep_probes`"):
+        analyze.output_norm_estimates(net, params, x, getkey(), deep_probes=0)
     assert jgrad.analyze.output_sweep(net, params, x)[0].matrix.shape == (4, 4)
 
 
