@@ -25,6 +25,9 @@ For each (L, N, B) (depth, width, examples), in one run:
     over the naive all-layers time, and their accuracy against the exact values from (b).
 
 Times are medians of ``--repeats`` runs after a warm-up (compile time reported separately).
+(a) is also timed in ``3 * --repeats`` interleaved pairs with the naive JAX code, and the
+median of the pairs' ratios reported (``a_paired_ratio_naive``): on a shared machine the
+drift between two separately timed rows does not cancel, within a pair it does.
 
 ``--blas-threads`` (default 1) sets ``OPENBLAS_NUM_THREADS`` before numpy and jax load, for
 every JAX case of the run, the naive baselines included. JAX's CPU SVD is LAPACK ``gesdd``
@@ -94,6 +97,23 @@ def time_jit(fn, args, repeats):
     comp = time.perf_counter() - t0
     t, iqr = median_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
     return {"seconds": t, "iqr": iqr, "compile_seconds": comp}, compiled(*args)
+
+
+def paired_ratio(f_base, f_new, args, reps):
+    """Median over ``reps`` interleaved runs of time(f_new) / time(f_base), the order
+    alternating: machine drift between two timed blocks cancels in each pair."""
+    ca, cb = (jax.jit(fn).lower(*args).compile() for fn in (f_base, f_new))
+    jax.block_until_ready(ca(*args))
+    jax.block_until_ready(cb(*args))
+    ratios = []
+    for i in range(reps):
+        t = {}
+        for name, c in (("a", ca), ("b", cb)) if i % 2 == 0 else (("b", cb), ("a", ca)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(c(*args))
+            t[name] = time.perf_counter() - t0
+        ratios.append(t["b"] / t["a"])
+    return float(np.median(ratios))
 
 
 def fastest_svd(mats, repeats):
@@ -210,9 +230,9 @@ def main(argv=None):
 
         res = {}
         # (a) input-output spectrum
-        res["a: naive JAX jacrev+svd"], _ = time_jit(
-            lambda xs: jnp.linalg.svd(jax.vmap(jax.jacrev(f))(xs)), (xs,), args.repeats
-        )
+        naive_io = lambda xs: jnp.linalg.svd(jax.vmap(jax.jacrev(f))(xs))  # noqa: E731
+        jgrad_io = jax.vmap(lambda x: analyze.input_output_spectrum(net, params, x))
+        res["a: naive JAX jacrev+svd"], _ = time_jit(naive_io, (xs,), args.repeats)
         res["a: naive JAX jacrev+svdvals"], _ = time_jit(
             lambda xs: jnp.linalg.svd(jax.vmap(jax.jacrev(f))(xs), compute_uv=False),
             (xs,),
@@ -222,9 +242,7 @@ def main(argv=None):
         if tc is not None:
             res["a: torch.func jacrev+svdvals"] = tc
         res["a: jgrad input_output_spectrum"], io = time_jit(
-            jax.vmap(lambda x: analyze.input_output_spectrum(net, params, x)),
-            (xs,),
-            args.repeats,
+            jgrad_io, (xs,), args.repeats
         )
         res["a: jgrad input_output_spectrum svd=device"], _ = time_jit(
             jax.vmap(
@@ -326,6 +344,9 @@ def main(argv=None):
             np.max(np.abs(np.asarray(io[:, :10] - naive_sv[:, :10])[fin]), initial=0)
         )
 
+        # (a) once more, interleaved with naive JAX (the ratio the target is about)
+        a_paired = paired_ratio(naive_io, jgrad_io, (xs,), 3 * args.repeats)
+
         naive_a = res["a: naive JAX jacrev+svd"]["seconds"]
         naive_b = res["b: naive JAX L x (jacrev+svdvals)"]["seconds"]
         torch_a = tc["seconds"] if tc else None
@@ -372,6 +393,10 @@ def main(argv=None):
                 f"{acc['ms_rel_err_median']:.1e} max {acc['ms_rel_err_max']:.1e}"
             )
         print(f"(a) vs naive: top-10 log singular values max abs diff {a_err:.1e}")
+        print(
+            f"(a) jgrad / naive JAX, interleaved pairs ({3 * args.repeats}): "
+            f"median {a_paired:.3f}"
+        )
         rows.append(
             {
                 "L": L,
@@ -384,6 +409,7 @@ def main(argv=None):
                 "svd_b_seconds": svd_l,
                 "c_accuracy": accuracy,
                 "a_top10_max_abs_diff": a_err,
+                "a_paired_ratio_naive": a_paired,
             }
         )
     write_results(

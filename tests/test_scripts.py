@@ -52,6 +52,7 @@ def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
     acc = next(r for r in data["rows"] if r["impl"] == "accuracy")
     # (a) is the same spectrum as the naive computation.
     assert acc["a_top10_max_abs_diff"] < 1e-3
+    assert acc["a_paired_ratio_naive"] > 0
     # 16-wide outputs and a shared space of 8 x 3 directions: the whole space, exact.
     c = acc["c_accuracy"]
     names = "rank:power:probes:tail:iters:reach:deep_probes"
