@@ -118,6 +118,42 @@ def test_deep_float32_sweep_neither_underflows_nor_loses_the_top_spectrum(getkey
     np.testing.assert_allclose(spec32[:3], spec64[:3], rtol=1e-4)
 
 
+def test_deep_float32_probe_scale_keeps_an_exploding_product(getkey):
+    """Depth 3000 tanh at weight_var 4 (chaotic): sigma_max(d y / d x) grows beyond
+    float32's 3e38 = e^88.7. input_output_spectrum (scaled by its probe row) stays finite
+    and its top singular value equals a float64 NumPy product of the same float32
+    trajectory's layer Jacobians (renormalised each step) and the sum-of-entries scale
+    (``probe=False``). The product is numerically rank one: the other values lie below
+    sigma_max * eps, where both float32 sweeps give rounding noise."""
+    from jgrad.analyze._sweeps import _log_svdvals, _stateless, _sweep
+
+    n = 16
+    net = nn.mlp(3000, n, activation="tanh", weight_var=4.0, bias_var=0.05)
+    _, params = net.init(getkey(), (n,))
+    x = jax.random.normal(getkey(), (n,))
+    io = jax.jit(lambda p, x: analyze.input_output_spectrum(net, p, x))(params, x)
+
+    def summed(p, x):
+        _, (m, s), _ = _sweep(
+            net, p, x, True, False, None, _stateless(lambda m, s: None)
+        )
+        return _log_svdvals(m, s)
+
+    ref = jax.jit(summed)(params, x)
+    prod, log_scale = np.eye(n), 0.0
+    for m in analyze.layer_jacobians(net, params, x).mats:
+        m = np.asarray(m, np.float64)
+        prod = (m.reshape(n, n) if m.size == n * n else np.diag(m.ravel())) @ prod
+        a = np.abs(prod).sum()
+        prod, log_scale = prod / a, log_scale + np.log(a)
+    top64 = np.log(np.linalg.svd(prod, compute_uv=False)[0]) + log_scale
+    assert bool(jnp.all(jnp.isfinite(io)))
+    assert float(io[0]) > 100  # not a float32 number
+    np.testing.assert_allclose(io[0], top64, rtol=1e-5)
+    np.testing.assert_allclose(io[0], ref[0], rtol=1e-5)
+    assert bool(jnp.all(io[1:] < io[0] + np.log(np.finfo(np.float32).eps) + 3))
+
+
 @pytest.mark.parametrize("in_dim,out_dim", [(5, None), (3, 2)])  # equal / mixed shapes
 def test_norm_estimates_are_exact_with_full_spaces(in_dim, out_dim, getkey):
     with jax.enable_x64(True):
