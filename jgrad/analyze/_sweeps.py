@@ -483,7 +483,6 @@ def output_norm_estimates(
                 None,
             )
         ]
-        pulled, last = [], []
     else:
         u = jnp.linalg.qr(jax.random.normal(ku, (ny, rank), dtype))[0].T
         head, near = split_at(segs, L - near_len)

@@ -15,6 +15,15 @@ def _f64(tree):
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
 
+def _exact_norms(net, params, x):
+    """log sigma_max and log mean squared singular value of every d y / d h_l, from the
+    exact spectra (one SVD per product)."""
+    spectra = jax.jit(lambda x: analyze.output_spectra(net, params, x))(x)
+    exact_sn = jnp.stack([s[0] for s in spectra])
+    exact_ms = jnp.stack([analyze.spectrum_stats(s).log_mean_sq for s in spectra])
+    return exact_sn, exact_ms
+
+
 def _sub(net, params, lo_layer):
     def f(v):
         for layer, p in zip(net.layers[lo_layer:], params[lo_layer:], strict=True):
@@ -163,9 +172,7 @@ def test_norm_estimates_are_exact_with_full_spaces(in_dim, out_dim, getkey):
         _, params = net.init(getkey(), (in_dim,))
         params = _f64(params)
         x = jax.random.normal(getkey(), (in_dim,), jnp.float64)
-        spectra = analyze.output_spectra(net, params, x)
-        exact_sn = jnp.stack([s[0] for s in spectra])
-        exact_ms = jnp.stack([analyze.spectrum_stats(s).log_mean_sq for s in spectra])
+        exact_sn, exact_ms = _exact_norms(net, params, x)
         # rank * (power + 1) >= size(y): the shared space is the whole output space
         est = analyze.output_norm_estimates(net, params, x, getkey())
         np.testing.assert_allclose(
@@ -187,9 +194,7 @@ def test_norm_estimates_accuracy_on_a_deep_tanh_net(getkey):
     net = nn.mlp(16, 64, activation="tanh", weight_var=1.5, bias_var=0.05)
     _, params = net.init(getkey(), (64,))
     x = jax.random.normal(getkey(), (64,))
-    spectra = jax.jit(lambda x: analyze.output_spectra(net, params, x))(x)
-    exact_sn = jnp.stack([s[0] for s in spectra])
-    exact_ms = jnp.stack([analyze.spectrum_stats(s).log_mean_sq for s in spectra])
+    exact_sn, exact_ms = _exact_norms(net, params, x)
     est = jax.jit(lambda k: analyze.output_norm_estimates(net, params, x, k))(getkey())
     # Ritz values are lower bounds; the defaults: within 2% here.
     assert bool(jnp.all(est.log_spectral_norm <= exact_sn + 1e-4))
@@ -225,9 +230,7 @@ def test_norm_estimates_depth_taper_is_unbiased_and_bounds_below(power, getkey):
     net = nn.mlp(24, 48, activation="tanh", weight_var=1.5, bias_var=0.05)
     _, params = net.init(getkey(), (48,))
     x = jax.random.normal(getkey(), (48,))
-    spectra = jax.jit(lambda x: analyze.output_spectra(net, params, x))(x)
-    exact_sn = jnp.stack([s[0] for s in spectra])
-    exact_ms = jnp.stack([analyze.spectrum_stats(s).log_mean_sq for s in spectra])
+    exact_sn, exact_ms = _exact_norms(net, params, x)
     kw = dict(power=power, reach=8, tail=4, deep_probes=6)
     est = jax.jit(lambda k: analyze.output_norm_estimates(net, params, x, k, **kw))(
         getkey()
