@@ -27,7 +27,10 @@ For each (L, N, B) (depth, width, examples), in one run:
 Times are medians of ``--repeats`` runs after a warm-up (compile time reported separately).
 (a) is also timed in ``3 * --repeats`` interleaved pairs with the naive JAX code, and the
 median of the pairs' ratios reported (``a_paired_ratio_naive``): on a shared machine the
-drift between two separately timed rows does not cancel, within a pair it does.
+drift between two separately timed rows does not cancel, within a pair it does. Both (a)
+spectra are also compared with float64 (``a_err_vs_float64``: jacrev in float64 and
+NumPy's float64 SVD, the values above ``1e-3 sigma_max``): on a GPU, jgrad's analyzers run
+their matmuls at full float32 precision and naive JAX at JAX's default (TF32).
 
 ``--blas-threads`` (default 1) sets ``OPENBLAS_NUM_THREADS`` before numpy and jax load, for
 every JAX case of the run, the naive baselines included. JAX's CPU SVD is LAPACK ``gesdd``
@@ -123,6 +126,27 @@ def fastest_svd(mats, repeats):
     host, _ = time_jit(host_svdvals, (mats,), repeats)
     t = {"device": dev["seconds"], "host": host["seconds"]}
     return {"seconds": min(t.values()), **t}
+
+
+def float64_errors(spectra, layers, params, xs):
+    """max |log s - log s_64| of each (B, n) log spectrum in ``spectra`` against the
+    input-output Jacobian computed in float64 (``jacrev``, NumPy's float64 SVD), over the
+    reference values above ``1e-3 * sigma_max``."""
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+
+        def f64(v):
+            for layer, p in zip(layers, p64, strict=True):
+                v = layer.apply(p, v)
+            return v
+
+        jac = jax.jit(jax.vmap(jax.jacrev(f64)))(jnp.asarray(xs, jnp.float64))
+        ref = np.log(np.linalg.svd(np.asarray(jac), compute_uv=False))
+    keep = ref >= ref[:, :1] + np.log(1e-3)
+    return {
+        k: float(np.max(np.abs(np.asarray(v, np.float64) - ref)[keep]))
+        for k, v in spectra.items()
+    }
 
 
 def rel_errors(est, ex_sn, ex_ms):
@@ -344,6 +368,11 @@ def main(argv=None):
             np.max(np.abs(np.asarray(io[:, :10] - naive_sv[:, :10])[fin]), initial=0)
         )
 
+        # both (a) spectra against float64 (jacrev in float64, NumPy's float64 SVD), over
+        # the values above 1e-3 sigma_max: on a GPU the matmul precision decides this
+        # (jgrad's analyzers run at full float32 precision, naive JAX at TF32)
+        a_err64 = float64_errors({"jgrad": io, "naive": naive_sv}, layers, params, xs)
+
         # (a) once more, interleaved with naive JAX (the ratio the target is about)
         a_paired = paired_ratio(naive_io, jgrad_io, (xs,), 3 * args.repeats)
 
@@ -394,6 +423,10 @@ def main(argv=None):
             )
         print(f"(a) vs naive: top-10 log singular values max abs diff {a_err:.1e}")
         print(
+            "(a) vs float64, max |d log s| over the values above 1e-3 sigma_max: "
+            + ", ".join(f"{k} {v:.1e}" for k, v in a_err64.items())
+        )
+        print(
             f"(a) jgrad / naive JAX, interleaved pairs ({3 * args.repeats}): "
             f"median {a_paired:.3f}"
         )
@@ -409,6 +442,7 @@ def main(argv=None):
                 "svd_b_seconds": svd_l,
                 "c_accuracy": accuracy,
                 "a_top10_max_abs_diff": a_err,
+                "a_err_vs_float64": a_err64,
                 "a_paired_ratio_naive": a_paired,
             }
         )

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jgrad.analyze._precision import full_precision
 from jgrad.analyze._products import vec_norm
 from jgrad.nn._layer import Layer
 
@@ -72,6 +73,7 @@ def net_layers(net: Layer | tuple | list) -> tuple[Layer, ...]:
     )
 
 
+@full_precision
 def layer_grad_norms(
     net: Layer,
     params,

@@ -79,18 +79,15 @@ def _gesdd_each(fn, flat: np.ndarray, out: np.ndarray, idx: np.ndarray) -> None:
     """Singular values of ``flat[i]`` for i in ``idx`` into ``out[i]`` by LAPACK ``?gesdd``
     (Fortran calling convention). A row-major (m, n) matrix is the column-major (n, m)
     matrix of its transpose, which has the same singular values, so no transposing copy.
-    The arguments are built once per chunk: per call, ctypes' argument conversion is then
-    the only Python overhead (about 60 us a matrix before, when each call rebuilt them)."""
+    Each matrix is copied into one scratch matrix (gesdd overwrites its input), checked
+    there and decomposed while it is in cache, and the values are written straight into
+    ``out`` (C-contiguous, ``flat``'s dtype): no copy of the whole chunk (memory of the
+    order of the batch; the same speed on 2 CPU cores, session 9). The arguments are built once per
+    chunk: per call, ctypes' argument conversion is then the only Python overhead (about
+    60 us a matrix before, when each call rebuilt them)."""
     _, m, n = flat.shape
     r = min(m, n)
-    idx = np.asarray(idx)
-    finite = np.isfinite(flat[idx]).all(axis=(1, 2))
-    out[idx[~finite]] = np.nan  # LAPACK's result is undefined there
-    idx = idx[finite]
-    if not idx.size:
-        return
-    a = np.ascontiguousarray(flat[idx])  # a copy: gesdd overwrites its input
-    s = np.empty((idx.size, r), flat.dtype)
+    a = np.empty((m, n), flat.dtype)
     iwork = np.empty(8 * r, np.int32)
     unused = np.empty(1, flat.dtype)
     c_int, ref = ctypes.c_int, ctypes.byref
@@ -105,21 +102,22 @@ def _gesdd_each(fn, flat: np.ndarray, out: np.ndarray, idx: np.ndarray) -> None:
     query = np.empty(1, flat.dtype)
     u = unused.ctypes.data
     # jobz, m, n, A, lda, S, U, ldu, VT, ldvt, work, lwork, iwork, info
-    call = [ref(jobz), ref(rows), ref(cols), a.ctypes.data, ref(rows), s.ctypes.data, u,
-            ref(one), u, ref(one), query.ctypes.data, ref(lwork), iwork.ctypes.data,
+    call = [ref(jobz), ref(rows), ref(cols), a.ctypes.data, ref(rows), query.ctypes.data,
+            u, ref(one), u, ref(one), query.ctypes.data, ref(lwork), iwork.ctypes.data,
             ref(info)]  # fmt: skip
-    fn(*call)  # workspace query
+    fn(*call)  # workspace query (S is not written)
     work = np.empty(int(query[0]) + 1, flat.dtype)
     lwork.value, call[10] = work.size, work.ctypes.data
-    a0, s0 = a.ctypes.data, s.ctypes.data
-    da, ds = m * n * a.itemsize, r * s.itemsize
-    failed = np.zeros(idx.size, bool)
-    for j in range(idx.size):
-        call[3], call[5] = a0 + j * da, s0 + j * ds
+    o0, ds = out.ctypes.data, r * out.itemsize
+    for i in idx:
+        np.copyto(a, flat[i])
+        if not np.isfinite(a).all():
+            out[i] = np.nan  # LAPACK's result is undefined there
+            continue
+        call[5] = o0 + int(i) * ds
         fn(*call)
-        failed[j] = info.value != 0
-    s[failed] = np.nan  # no convergence: NaN, as XLA
-    out[idx] = s
+        if info.value != 0:
+            out[i] = np.nan  # no convergence: NaN, as XLA
 
 
 def _svdvals_each(flat: np.ndarray, out: np.ndarray, idx: np.ndarray) -> None:
@@ -150,10 +148,15 @@ def _np_svdvals(m) -> np.ndarray:
         # below about 2^16 matrix entries in all, waking the pool costs more than it saves
         parts = 1 if n * flat[0].size < 1 << 16 else min(n, os.cpu_count() or 1)
         chunks = np.array_split(np.arange(n), parts)
-        if len(chunks) == 1:
-            _svdvals_each(flat, out, chunks[0])
-        else:
-            list(_pool().map(lambda idx: _svdvals_each(flat, out, idx), chunks))
+        # the calling thread takes the first chunk itself (one thread hand-off less:
+        # 5.44 against 5.63 ms for 16 graded 128 x 128 float32 matrices on 2 cores)
+        rest = []
+        if len(chunks) > 1:
+            pool = _pool()
+            rest = [pool.submit(_svdvals_each, flat, out, idx) for idx in chunks[1:]]
+        _svdvals_each(flat, out, chunks[0])
+        for fut in rest:
+            fut.result()
     return out.reshape(m.shape[:-2] + (r,)).astype(m.dtype, copy=False)
 
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
+from jgrad.analyze._precision import full_precision
 from jgrad.nn._layer import Layer
 
 __all__ = ["Jacobians", "layer_jacobians", "jacobian", "as_layers"]
@@ -167,6 +168,7 @@ def _couples_examples(layer: Layer) -> bool:
 # Chunked autodiff Jacobian
 
 
+@full_precision
 def jacobian(
     fn: Callable[[jax.Array], jax.Array],
     x: jax.Array,
@@ -300,6 +302,7 @@ def _serial_jacobian(layers, params, h, *, train, key, chunk_size):
 # ----------------------------------------------------------------------------------------
 
 
+@full_precision
 def layer_jacobians(
     net: Any,
     params: Sequence[Any],

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jgrad import _checks
 from jgrad.analyze._host_svd import host_svdvals
 from jgrad.analyze._jacobians import Jacobians
+from jgrad.analyze._precision import full_precision
 
 __all__ = [
     "LogMatrix",
@@ -207,6 +208,7 @@ def _check_range(start, stop, length):
     return start, stop
 
 
+@full_precision
 def jacobian_product(
     jacobians: Any,
     start: int = 0,
@@ -261,6 +263,7 @@ def jacobian_product(
     return LogMatrix(m, s)
 
 
+@full_precision
 def input_products(
     jacobians: Any, *, parallel: bool = False, accumulate: str | None = None
 ) -> tuple[LogMatrix, ...] | LogMatrix:
@@ -322,6 +325,7 @@ def _assoc(mats, mul, reverse):
     return LogMatrix(*jax.lax.associative_scan(combine, init, reverse=reverse))
 
 
+@full_precision
 def output_products(
     jacobians: Any, *, parallel: bool = False, accumulate: str | None = None
 ) -> tuple[LogMatrix, ...] | LogMatrix:
@@ -389,6 +393,7 @@ def _qr_logs(mats):
     return acc
 
 
+@full_precision
 def log_singular_values(
     jacobians: Any,
     method: str = "rescaled",
@@ -463,6 +468,7 @@ def log_singular_values(
     return jnp.sort(_qr_logs(sub))[::-1][:r]
 
 
+@full_precision
 def log_abs_det(
     jacobians: Any,
     *,

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
+from jgrad.analyze._precision import full_precision
 from jgrad.analyze._products import (
     LogMatrix,
     accumulate_dtype,
@@ -124,6 +125,7 @@ def _warn_nonfinite(values: jax.Array, what: str) -> None:
         pass
 
 
+@full_precision
 def rnn_step_jacobians(
     cell: Cell, params: dict, xs: jax.Array, carry0: Any
 ) -> jax.Array:
@@ -161,6 +163,7 @@ def rnn_step_jacobians(
     return jac
 
 
+@full_precision
 def rnn_jacobian_products(
     cell: Cell,
     params: dict,
@@ -212,6 +215,7 @@ class TimeGradFlow(NamedTuple):
     loss: jax.Array
 
 
+@full_precision
 def rnn_grad_norms(
     cell: Cell,
     params: dict,
@@ -288,6 +292,7 @@ def rnn_grad_norms(
     )
 
 
+@full_precision
 def lyapunov_spectrum(
     cell: Cell,
     params: dict,
@@ -395,6 +400,7 @@ class PascanuBound(NamedTuple):
     log_norms: jax.Array
 
 
+@full_precision
 def pascanu_bound(cell: Cell, params: dict, xs: jax.Array, carry0: Any) -> PascanuBound:
     """Pascanu et al.'s sufficient condition for vanishing gradients, and the measurement.
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from jgrad import _checks
 from jgrad.analyze._jacobians import resolve_net
+from jgrad.analyze._precision import full_precision
 from jgrad.analyze._products import (
     SVD_WHERE,
     LogMatrix,
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 
+@full_precision
 def output_sweep(
     net: Any,
     params: Any,
@@ -171,6 +173,7 @@ def _log_svdvals(m, s, svd="auto"):
     return jnp.log(svdvals(m, svd)) + s
 
 
+@full_precision
 def output_spectra(
     net: Any,
     params: Any,
@@ -207,6 +210,7 @@ def output_spectra(
     return tuple(per_block(ys))
 
 
+@full_precision
 def input_output_spectrum(
     net: Any,
     params: Any,
@@ -368,6 +372,7 @@ def _top_eig(g, squarings=3, powers=8):
     return jnp.maximum(v @ g @ v, 0.0), v
 
 
+@full_precision
 def output_norm_estimates(
     net: Any,
     params: Any,
@@ -829,6 +834,7 @@ def _lanczos_left(r, inv, u, min_iters, max_iters, tol):
     return jnp.maximum(theta, 0.0), jnp.where(n > 0, nxt / jnp.where(n > 0, n, 1.0), u)
 
 
+@full_precision
 def output_norms(
     net: Any,
     params: Any,
