@@ -128,19 +128,15 @@ def fastest_svd(mats, repeats):
     return {"seconds": min(t.values()), **t}
 
 
-def float64_errors(spectra, layers, params, xs):
+def float64_errors(spectra, net, params, xs):
     """max |log s - log s_64| of each (B, n) log spectrum in ``spectra`` against the
     input-output Jacobian computed in float64 (``jacrev``, NumPy's float64 SVD), over the
     reference values above ``1e-3 * sigma_max``."""
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-
-        def f64(v):
-            for layer, p in zip(layers, p64, strict=True):
-                v = layer.apply(p, v)
-            return v
-
-        jac = jax.jit(jax.vmap(jax.jacrev(f64)))(jnp.asarray(xs, jnp.float64))
+        jac = jax.jit(jax.vmap(jax.jacrev(lambda v: net.apply(p64, v))))(
+            jnp.asarray(xs, jnp.float64)
+        )
         ref = np.log(np.linalg.svd(np.asarray(jac), compute_uv=False))
     keep = ref >= ref[:, :1] + np.log(1e-3)
     return {
@@ -371,7 +367,7 @@ def main(argv=None):
         # both (a) spectra against float64 (jacrev in float64, NumPy's float64 SVD), over
         # the values above 1e-3 sigma_max: on a GPU the matmul precision decides this
         # (jgrad's analyzers run at full float32 precision, naive JAX at TF32)
-        a_err64 = float64_errors({"jgrad": io, "naive": naive_sv}, layers, params, xs)
+        a_err64 = float64_errors({"jgrad": io, "naive": naive_sv}, net, params, xs)
 
         # (a) once more, interleaved with naive JAX (the ratio the target is about)
         a_paired = paired_ratio(naive_io, jgrad_io, (xs,), 3 * args.repeats)

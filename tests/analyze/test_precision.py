@@ -30,16 +30,22 @@ def _mlp_cases(getkey):
     _, params = net.init(getkey(), (8,))
     x = jax.random.normal(getkey(), (8,))
     key = getkey()
-    return [
-        lambda x: analyze.input_output_spectrum(net, params, x),
-        lambda x: analyze.output_spectra(net, params, x),
-        lambda x: analyze.output_norm_estimates(net, params, x, key),
-        lambda x: analyze.output_norms(net, params, x, key),
-        lambda x: analyze.log_singular_values(analyze.layer_jacobians(net, params, x)),
-        lambda x: analyze.layer_grad_norms(
-            net, params, x, lambda y: jnp.sum(jnp.sin(y))
-        ),
-    ], x
+    return (
+        [
+            lambda x: analyze.input_output_spectrum(net, params, x),
+            lambda x: analyze.output_spectra(net, params, x),
+            lambda x: analyze.output_norm_estimates(net, params, x, key),
+            lambda x: analyze.output_norms(net, params, x, key),
+            lambda x: analyze.log_singular_values(
+                analyze.layer_jacobians(net, params, x)
+            ),
+            lambda x: analyze.layer_grad_norms(
+                net, params, x, lambda y: jnp.sum(jnp.sin(y))
+            ),
+        ],
+        x,
+        lambda x: net.apply(params, x),
+    )
 
 
 def _highest(precision):
@@ -49,21 +55,19 @@ def _highest(precision):
 
 
 def test_analyzers_trace_at_highest_precision(getkey):
-    cases, x = _mlp_cases(getkey)
+    cases, x, apply = _mlp_cases(getkey)
     for fn in cases:
         precisions = _dot_precisions(fn, x)
         assert precisions, "no matmul traced"
         assert all(_highest(p) for p in precisions), precisions
-    # the same function outside the analyzers keeps JAX's default (None)
-    net = nn.mlp(5, 8, activation="tanh")
-    _, params = net.init(getkey(), (8,))
-    plain = _dot_precisions(lambda x: net.apply(params, x), x)
+    # the same network outside the analyzers keeps JAX's default (None)
+    plain = _dot_precisions(apply, x)
     assert plain and all(p is None for p in plain)
 
 
 @pytest.mark.parametrize("choice", ["default", "bfloat16"])
 def test_a_precision_the_user_set_holds(choice, getkey):
-    cases, x = _mlp_cases(getkey)
+    cases, x, _ = _mlp_cases(getkey)
     with jax.default_matmul_precision(choice):
         for fn in cases:
             precisions = _dot_precisions(fn, x)
