@@ -68,6 +68,13 @@ def probability(name: str, value: Any) -> float:
     return v
 
 
+def boolean(name: str, value: Any) -> bool:
+    """Returns ``value`` if it is a bool, else raises ValueError."""
+    if not isinstance(value, bool):
+        _fail(name, "True or False", value, f"Pass {name}=True or {name}=False.")
+    return value
+
+
 def choice(name: str, value: Any, options: Iterable[str]) -> str:
     """Returns ``value`` if it is one of ``options``, else raises ValueError listing them."""
     options = list(options)

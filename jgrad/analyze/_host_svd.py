@@ -175,3 +175,92 @@ def host_svdvals(m: jax.Array) -> jax.Array:
 @host_svdvals.defjvp
 def _host_svdvals_jvp(primals, tangents):
     return jax.jvp(lambda a: jnp.linalg.svd(a, compute_uv=False), primals, tangents)
+
+
+def _lapack_geqp3(name: str):
+    """``?geqp3`` from SciPy's Cython LAPACK as a ctypes function (GIL released), or None."""
+    try:
+        from scipy.linalg import cython_lapack
+
+        cap = cython_lapack.__pyx_capi__[name]
+        get_name = ctypes.pythonapi.PyCapsule_GetName
+        get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+        get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+        get_ptr.restype = ctypes.c_void_p
+        get_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
+        ptr = get_ptr(cap, get_name(cap))
+    except Exception:  # noqa: BLE001 - no SciPy, or a SciPy without the capsule
+        return None
+    return ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 9))(ptr)
+
+
+_GEQP3 = {
+    np.dtype(np.float32): _lapack_geqp3("sgeqp3"),
+    np.dtype(np.float64): _lapack_geqp3("dgeqp3"),
+}
+
+
+def _geqp3_each(flat, t_out, p_out, idx) -> None:
+    """Pivoted QR of ``flat[i]`` (b, n) for i in ``idx``: the triangle into ``t_out[i]``
+    (min(b, n), n) and the 0-based pivots into ``p_out[i]``. LAPACK ``?geqp3`` on a
+    column-major copy (it pivots columns, and the row-major array is the transpose)."""
+    _, b, n = flat.shape
+    k = min(b, n)
+    fn = _GEQP3.get(flat.dtype)
+    if fn is None:  # no SciPy LAPACK: NumPy has no pivoted QR; SciPy's wrapper then
+        from scipy.linalg import qr
+
+        for i in idx:
+            _, t, p = qr(flat[i], mode="economic", pivoting=True)
+            t_out[i], p_out[i] = np.triu(t[:k]), p
+        return
+    a = np.empty((b, n), flat.dtype, order="F")
+    jpvt = np.empty(n, np.int32)
+    tau = np.empty(k, flat.dtype)
+    c_int, ref = ctypes.c_int, ctypes.byref
+    rows, cols, info, lwork = c_int(b), c_int(n), c_int(0), c_int(-1)
+    query = np.empty(1, flat.dtype)
+    call = [ref(rows), ref(cols), a.ctypes.data, ref(rows), jpvt.ctypes.data,
+            tau.ctypes.data, query.ctypes.data, ref(lwork), ref(info)]  # fmt: skip
+    fn(*call)
+    work = np.empty(int(query[0]) + 1, flat.dtype)
+    lwork.value, call[6] = work.size, work.ctypes.data
+    for i in idx:
+        np.copyto(a, flat[i])
+        jpvt[:] = 0  # every column free to pivot
+        fn(*call)
+        t_out[i] = np.triu(a[:k])
+        p_out[i] = jpvt - 1
+
+
+def _np_pivoted_qr(m):
+    m = np.asarray(m)
+    b, n = m.shape[-2:]
+    k = min(b, n)
+    flat = m.reshape((-1, b, n))
+    t = np.empty((flat.shape[0], k, n), m.dtype)
+    p = np.empty((flat.shape[0], n), np.int32)
+    count = flat.shape[0]
+    if count and k:
+        parts = 1 if count * b * n < 1 << 16 else min(count, os.cpu_count() or 1)
+        chunks = np.array_split(np.arange(count), parts)
+        rest = []
+        if len(chunks) > 1:
+            pool = _pool()
+            rest = [pool.submit(_geqp3_each, flat, t, p, idx) for idx in chunks[1:]]
+        _geqp3_each(flat, t, p, chunks[0])
+        for fut in rest:
+            fut.result()
+    return t.reshape(m.shape[:-2] + (k, n)), p.reshape(m.shape[:-2] + (n,))
+
+
+def host_pivoted_qr(m: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(T, piv) with ``m[..., :, piv] = Q T`` (Householder QR with column pivoting, LAPACK
+    ``?geqp3`` on the host, threaded over the batch like :func:`host_svdvals`); T is
+    (..., min(b, n), n) upper trapezoidal, piv (..., n) int32. No derivative."""
+    b, n = m.shape[-2:]
+    shapes = (
+        jax.ShapeDtypeStruct(m.shape[:-2] + (min(b, n), n), m.dtype),
+        jax.ShapeDtypeStruct(m.shape[:-2] + (n,), np.int32),
+    )
+    return jax.pure_callback(_np_pivoted_qr, shapes, m, vmap_method="expand_dims")

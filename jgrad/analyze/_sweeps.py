@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgrad import _checks
+from jgrad.analyze import _rank
 from jgrad.analyze._jacobians import resolve_net
 from jgrad.analyze._precision import full_precision
 from jgrad.analyze._products import (
@@ -36,8 +37,11 @@ from jgrad.analyze._products import (
     vec_norm,
 )
 from jgrad.analyze._segments import (
+    Run,
+    _run_block,
     fold,
     per_block,
+    seg_len,
     segments,
     split_at,
     unchunk,
@@ -173,6 +177,233 @@ def _log_svdvals(m, s, svd="auto"):
     return jnp.log(svdvals(m, svd)) + s
 
 
+def _pad_spectrum(lg, size):
+    """A log spectrum padded to ``size`` values with -inf (dropped singular values)."""
+    if lg.shape[-1] >= size:
+        return lg[..., :size]
+    return jnp.concatenate([lg, jnp.full((size - lg.shape[-1],), -jnp.inf, lg.dtype)])
+
+
+class _RankState(NamedTuple):
+    """The carry of :func:`_rank_sweep` (see there)."""
+
+    buf: jax.Array  # (rows, n): live rows [:bks[k]], then the probe row, then zeros
+    k: jax.Array  # the active bucket
+    s: jax.Array  # the log scale: the product is exp(s) * buf[:bks[k]] * inv
+    inv: jax.Array
+    count: jax.Array  # blocks pulled so far
+    nxt: jax.Array  # the count at which to look at the rank next
+    last: tuple  # (count, log tails) of the last look: see _rank.next_look
+
+
+def _rank_sweep(net, params, x, blocks, train, key, svd, every):
+    """The backward sweep of the rescaled products, carried in fewer rows as their
+    numerical rank falls (:mod:`jgrad.analyze._rank`), with the log singular values of
+    the products: of every ``d y / d h_l`` (``every``) or of ``d y / d h_0`` only.
+
+    Static shapes: between blocks the rows live in one buffer of m rows (plus the probe
+    row of ``_sweep``'s ``probe`` when only the last spectrum is wanted) of which the
+    first ``bks[k]`` are live, the probe row right after them. A run of identical blocks
+    is swept by one ``while_loop`` per bucket, each on a buffer of that bucket's rows,
+    entered only while ``k`` is that bucket (``k`` is unbatched under ``vmap``:
+    ``_rank.batch_max``); inside, an inner loop pulls blocks until the next look, so the
+    steps carry no conditional. Returns (fold's ys of the padded log spectra, or None;
+    the padded log spectrum of ``d y / d h_0``)."""
+    segs, _, y = segments(net, params, x, blocks=blocks, train=train, key=key)
+    total = sum(seg_len(seg) for seg in segs)
+    last = segs[-1]
+    if last.jac is not None:
+        m0 = last.jac().reshape(y.size, -1)
+    else:
+        eye = jnp.eye(y.size, dtype=y.dtype)
+        m0 = jax.vmap(lambda r: last.vjp(r.reshape(last.out_shape)).ravel())(eye)
+    size = y.size
+    bks = _rank.buckets(size)
+    bks_arr = jnp.asarray(bks + (0,), jnp.int32)
+    nb = len(bks)
+    eps = float(jnp.finfo(m0.dtype).eps)
+    probe = not every  # one row, the scale of every step from it (see _sweep)
+    extra = 1 if probe else 0
+    dtype = m0.dtype
+
+    def with_probe(w):
+        if not probe:
+            return w
+        return jnp.concatenate([w, (_probe_row(w.shape[0], w.dtype) @ w)[None]])
+
+    scale = _probe_scale if probe else _scale
+
+    def spectrum(r, inv, s):  # r: the rows of one bucket (and the probe row)
+        lg = _log_svdvals(r[: r.shape[0] - extra] * inv, s, svd)
+        return _pad_spectrum(lg, min(size, r.shape[1]))
+
+    def pull(blk, r, st):
+        r = jax.vmap(lambda v: blk.vjp((v * st.inv).reshape(blk.out_shape)).ravel())(r)
+        a, s = scale(r, st.s)
+        return r, s, 1 / a
+
+    def widen(buf, r):
+        """``r`` (one bucket's rows) as the first rows of a buffer of ``buf``'s rows."""
+        if r.shape[0] == buf.shape[0]:
+            return r
+        if r.shape[1] != buf.shape[1]:
+            buf = jnp.zeros((buf.shape[0], r.shape[1]), r.dtype)
+        return jax.lax.dynamic_update_slice(buf, r, (0, 0))
+
+    def look(j, r, st):
+        """Looks at the rank of bucket j's rows ``r``; compresses them in place (rows
+        past the new bucket zeroed, the probe row after them) when a smaller bucket
+        holds them. Returns (rows, state)."""
+        if j == nb - 1:  # a single row: nothing left to drop
+            return r, st._replace(nxt=jnp.int32(_rank.NEVER))
+        t, piv = _rank.pivoted_qr(r[: bks[j]] * st.inv)
+        n = t.shape[1]
+        tail2 = _rank.tails(t)
+        need = _rank.batch_max(_rank.rows_needed(tail2, eps, n))
+        k = jnp.maximum(jnp.sum(bks_arr[:nb] >= need) - 1, j).astype(jnp.int32)
+        bk = bks_arr[k]
+
+        def compress(r, s, inv):
+            w = _rank.unpermute(t, piv, bks[j])
+            w = jnp.where(jnp.arange(bks[j], dtype=jnp.int32)[:, None] < bk, w, 0)
+            if probe:
+                z = _probe_row(bks[j], dtype) @ w
+                w = jnp.concatenate([w, jnp.zeros((1, n), dtype)])
+                w = jax.lax.dynamic_update_slice(w, z[None], (bk, 0))
+                a, s = _probe_scale(z[None], s)
+            else:
+                a, s = _scale(w, s)
+            return w, s, 1 / a
+
+        r, s, inv = jax.lax.cond(
+            k > j, compress, lambda r, s, inv: (r, s, inv), r, st.s, st.inv
+        )
+        lr = _rank.log_tails(tail2, size)
+        nxt = _rank.next_look(lr, st.last, st.count, bks_arr[k + 1], eps, n, total)
+        return r, st._replace(k=k, s=s, inv=inv, nxt=nxt, last=(st.count, lr))
+
+    def single(blk, st):
+        """One block (not in a run), its pull and look switched on the bucket."""
+
+        def branch(j):
+            def f(st):
+                r, s, inv = pull(blk, st.buf[: bks[j] + extra], st)
+                st = st._replace(s=s, inv=inv, count=st.count + 1)
+                out = spectrum(r, inv, s) if every else None
+                r, st = jax.lax.cond(
+                    st.count >= st.nxt,
+                    lambda r, st: look(j, r, st),
+                    lambda r, st: (r, st),
+                    r,
+                    st,
+                )
+                return st._replace(buf=widen(st.buf, r)), out
+
+            return f
+
+        return jax.lax.switch(st.k, [branch(j) for j in range(nb)], st)
+
+    def run(seg, st):
+        """A run of identical blocks, last to first: one loop per bucket."""
+        length = seg.hs.shape[0]
+        res = None if seg.lin is None else seg.lin[2]
+        take = lambda a, i: jax.lax.dynamic_index_in_dim(a, i, keepdims=False)  # noqa: E731
+        ys = None
+        if every:
+            ys = jnp.zeros((length, min(size, math.prod(seg.shape))), dtype)
+
+        def block(i):
+            p, kk, h, rs = jax.tree.map(
+                lambda a: take(a, i), (seg.ps, seg.ks, seg.hs, res)
+            )
+            return _run_block(seg, p, kk, h, rs)
+
+        i = jnp.int32(length - 1)
+        for j in range(nb):
+
+            def steps(c, j=j):
+                r, st, i, ys = c
+                r, s, inv = pull(block(i), r, st)
+                if every:
+                    ys = jax.lax.dynamic_update_index_in_dim(
+                        ys, spectrum(r, inv, s), i, 0
+                    )
+                return r, st._replace(s=s, inv=inv, count=st.count + 1), i - 1, ys
+
+            def until_look(c, j=j):
+                c = jax.lax.while_loop(
+                    lambda c: (c[2] >= 0) & (c[1].count < c[1].nxt), steps, c
+                )
+                r, st, i, ys = c
+                r, st = jax.lax.cond(
+                    (i >= 0) & (st.count >= st.nxt),
+                    lambda r, st: look(j, r, st),
+                    lambda r, st: (r, st),
+                    r,
+                    st,
+                )
+                return r, st, i, ys
+
+            r = st.buf[: bks[j] + extra]
+            r, st, i, ys = jax.lax.while_loop(
+                lambda c, j=j: (c[2] >= 0) & (c[1].k == j), until_look, (r, st, i, ys)
+            )
+            st = st._replace(buf=widen(st.buf, r))
+        return st, ys
+
+    buf = with_probe(m0)
+    a, s = scale(buf, jnp.zeros((), y.dtype))
+    look0 = _rank.FIRST_CHECK
+    if look0 + _rank.MIN_REMAINING > total:
+        look0 = _rank.NEVER
+    st = _RankState(
+        buf, jnp.int32(0), s, 1 / a, jnp.int32(1), jnp.int32(look0),
+        (jnp.int32(0), jnp.zeros((size,), dtype)),
+    )  # fmt: skip
+    ys = [None] * len(segs)
+    if every:
+        ys[-1] = spectrum(buf, st.inv, s)[None]
+    for q in range(len(segs) - 2, -1, -1):
+        seg = segs[q]
+        if isinstance(seg, Run):
+            st, ys[q] = run(seg, st)
+        else:
+            st, out = single(seg, st)
+            ys[q] = None if out is None else out[None]
+    final = jax.lax.switch(
+        st.k,
+        [
+            (lambda j=j: spectrum(st.buf[: bks[j] + extra], st.inv, st.s))
+            for j in range(nb)
+        ],
+    )
+    return (ys if every else None), final
+
+
+def _compressible(net, params, blocks, compress) -> bool:
+    """Whether a rank-compressed sweep can look at the rank at all: ``compress`` and
+    enough blocks (else the plain sweep: the same values, compiled faster)."""
+    _checks.boolean("compress", compress)
+    n_blocks = len(resolve_net(net, params, blocks)[2])
+    return compress and n_blocks >= _rank.FIRST_CHECK + _rank.MIN_REMAINING
+
+
+def _compressed(fn, exact, params, x):
+    """``fn(params, x)`` (a rank-compressed sweep: while loops, no reverse-mode
+    derivative), differentiated as ``exact`` (the same values from the uncompressed sweep,
+    a scan): forward and reverse mode both work, at the cost of the uncompressed sweep."""
+
+    @jax.custom_jvp
+    def f(p, v):
+        return fn(p, v)
+
+    @f.defjvp
+    def _jvp(primals, tangents):
+        return jax.jvp(exact, primals, tangents)
+
+    return f(params, x)
+
+
 @full_precision
 def output_spectra(
     net: Any,
@@ -183,6 +414,7 @@ def output_spectra(
     train: bool = False,
     key: jax.Array | None = None,
     svd: str = "auto",
+    compress: bool = True,
 ) -> tuple[jax.Array, ...]:
     """Log singular values (natural log, descending) of every ``d y / d h_l``.
 
@@ -194,20 +426,40 @@ def output_spectra(
     every core; XLA's CPU SVD runs on one core inside the sweep's loop, and its GPU SVD
     takes one matrix at a time.
 
+    ``compress`` (default True): once the product's numerical rank falls, carry it in
+    fewer rows (a pivoted QR drops a part whose Frobenius norm is at most ``sqrt(n) *
+    eps`` times the product's, within one rounding of the next matrix product: see
+    ``jgrad.analyze._rank``). The singular values it drops come back as ``-inf`` (log 0)
+    instead of the rounding noise the rescaled method returns for them; the values it
+    keeps are as accurate. Networks whose spectra spread (a chaotic tanh network) sweep
+    faster; one whose spectrum does not spread is looked at a few times and never
+    compressed. ``compress=False`` carries every row.
+
     Returns:
         A tuple of L arrays, entry l the spectrum of ``d y / d h_l``.
     """
     _checks.choice("svd", svd, SVD_WHERE)
-    ys, *_ = _sweep(
-        net,
-        params,
-        x,
-        blocks,
-        train,
-        key,
-        _stateless(lambda m, s: _log_svdvals(m, s, svd)),
-    )
-    return tuple(per_block(ys))
+
+    def exact(p, v):
+        ys, *_ = _sweep(
+            net,
+            p,
+            v,
+            blocks,
+            train,
+            key,
+            _stateless(lambda m, s: _log_svdvals(m, s, svd)),
+        )
+        return tuple(per_block(ys))
+
+    if not _compressible(net, params, blocks, compress):
+        return exact(params, x)
+
+    def fn(p, v):
+        ys, _ = _rank_sweep(net, p, v, blocks, train, key, svd, every=True)
+        return tuple(per_block(ys))
+
+    return _compressed(fn, exact, params, x)
 
 
 @full_precision
@@ -219,15 +471,36 @@ def input_output_spectrum(
     train: bool = False,
     key: jax.Array | None = None,
     svd: str = "auto",
+    compress: bool = True,
 ) -> jax.Array:
     """Log singular values of the input-output Jacobian ``d y / d x`` (rescaled, exact
     top singular values at any depth), by one rescaled reverse sweep and one SVD
-    (``svd`` as in ``log_singular_values``)."""
+    (``svd`` as in ``log_singular_values``).
+
+    ``compress`` (default True): once the product's numerical rank falls, carry it in
+    fewer rows (a pivoted QR drops a part whose Frobenius norm is at most ``sqrt(n) *
+    eps`` times the product's, within one rounding of the next matrix product: see
+    ``jgrad.analyze._rank``). The singular values it drops come back as ``-inf`` (log 0)
+    instead of the rounding noise the rescaled method returns for them; the values it
+    keeps are as accurate. Networks whose spectra spread (a chaotic tanh network) sweep
+    faster; one whose spectrum does not spread is looked at a few times and never
+    compressed. ``compress=False`` carries every row."""
     _checks.choice("svd", svd, SVD_WHERE)
-    _, (m, s), _ = _sweep(
-        net, params, x, True, train, key, _stateless(lambda m, s: None), probe=True
+
+    def exact(p, v):
+        _, (m, s), _ = _sweep(
+            net, p, v, True, train, key, _stateless(lambda m, s: None), probe=True
+        )
+        return _log_svdvals(m, s, svd)
+
+    if not _compressible(net, params, True, compress):
+        return exact(params, x)
+    return _compressed(
+        lambda p, v: _rank_sweep(net, p, v, True, train, key, svd, every=False)[1],
+        exact,
+        params,
+        x,
     )
-    return _log_svdvals(m, s, svd)
 
 
 class NormEstimates(NamedTuple):

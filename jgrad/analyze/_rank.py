@@ -1,0 +1,152 @@
+"""Rank-adaptive sweeps: a product whose numerical rank has fallen is carried in fewer rows.
+
+The backward sweep of the spectrum functions pulls an ``m x n`` product ``P_l = d y / d h_l``
+through every block. In a deep network its singular values spread apart exponentially
+(the Lyapunov exponents), and within a few dozen blocks most of them fall below
+``eps * sigma_max``: there the rescaled method cannot resolve them anyway (DESIGN.md, "two
+numerical facts"), yet every one of the m rows still costs a row of matrix multiply in
+every later block. At 128 tanh blocks of width 128 (weight variance 1.5) only 94 of 128
+singular values are above ``eps * sigma_max`` after 16 blocks, 37 after 64 and 22 at the
+input.
+
+Compression. A pivoted QR of the (scaled) rows, ``P Pi = Q T``, with ``T`` upper
+trapezoidal, gives ``P = Q T Pi^T``. Keeping the first ``r`` rows of ``T`` leaves out
+exactly ``E = Q[:, r:] T[r:] Pi^T``, whose norm ``||T[r:]||_F`` is read off ``T`` itself.
+The sweep keeps the fewest rows ``r`` with ``||T[r:]||_F <= eps * |T_00|`` (``eps`` the
+dtype's machine epsilon, ``|T_00|`` the largest column norm of ``P``, at most
+``sigma_max(P)``): what it drops has spectral norm at most ``eps * sigma_max(P)``, less
+than one rounding of ``P`` itself. From there it carries ``W = T[:r] Pi^T`` (r x n): since
+``Q[:, :r]`` has orthonormal columns, ``P ~= Q[:, :r] W`` has the singular values of
+``W``, and so has every later product ``P J = Q[:, :r] (W J)``. The bound holds whatever
+the pivoting finds; column pivoting is what makes ``r`` small (it is rank-revealing in
+practice, Golub & Van Loan, Matrix Computations, 4th ed., section 5.4.2).
+
+What it gives up: the singular values it drops come back as exact zeros (log ``-inf``)
+instead of the noise the rescaled method returns for them; every value it keeps is as
+accurate as without compression. The dropped part, like the rounding error of any step of
+the sweep, is at most ``eps * sigma_max(P_l) * ||J_{l-1} ... J_0||`` in the final product.
+
+Static shapes. Under ``jit`` the row count must be static, so the rows live in one buffer
+per *bucket* (m, m/2, m/4, ..., 1) and ``lax.switch`` on the active bucket runs only the
+active buffer's pull-back. Under ``vmap`` over examples the bucket must be the same for the
+whole batch (a batched switch index would run every branch): :func:`batch_max` reduces
+over the vmapped axes (a ``custom_vmap``), so each example keeps at least its own ``r``
+rows. An example's values can therefore depend on the batch it is in, at the level of
+the rounding noise only.
+
+When to look. A pivoted QR of an ``m x n`` product costs about as much as 5-9 blocks'
+pull-backs (LAPACK ``geqp3`` is largely matrix-vector work), so the sweep looks first
+after :data:`FIRST_CHECK` blocks, and only with at least :data:`MIN_REMAINING` blocks
+to go; each look predicts the next from the decay of ``||T[r:]||_F``, whose log falls
+about linearly with the depth swept (the Lyapunov exponents again): the next look is when
+the next smaller bucket is predicted to fit, at least ``MIN_GAP`` blocks and at most 4x
+the depth swept so far later. A network whose spectrum does not spread (an orthogonal
+linear network, a critically initialized one) is looked at about ``log4(L / 16)``
+times and never compressed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jgrad.analyze._products import safe_log
+
+# a look at the rank after this many blocks pulled, then as predicted (see module doc)
+FIRST_CHECK = 16
+MIN_REMAINING = 32
+MIN_GAP = 8
+MARGIN = 1.5
+NEVER = 2**30
+
+
+@jax.custom_batching.custom_vmap
+def batch_max(v: jax.Array) -> jax.Array:
+    """``v`` itself; under ``vmap``, its maximum over the mapped axis, unbatched."""
+    return v
+
+
+@batch_max.def_vmap
+def _batch_max_vmap(axis_size, in_batched, v):
+    del axis_size
+    (batched,) = in_batched
+    # batch_max again: under an enclosing vmap it reduces over that axis too
+    return (batch_max(jnp.max(v, axis=0)) if batched else v), False
+
+
+def buckets(m: int) -> tuple[int, ...]:
+    """The row counts a product of m rows can be carried in: m, m // 2, ..., 1."""
+    out = [m]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return tuple(out)
+
+
+def pivoted_qr(u: jax.Array):
+    """(T, piv) of ``u[:, piv] = Q T`` for one (b, n) matrix; T is (min(b, n), n)."""
+    import os
+
+    if os.environ.get("JG_HOSTQR"):
+        from jgrad.analyze._host_svd import host_pivoted_qr
+
+        return host_pivoted_qr(u)
+    _, t, piv = jax.lax.linalg.qr(u, pivoting=True, full_matrices=False)
+    return t, piv
+
+
+def tails(t: jax.Array) -> jax.Array:
+    """``||T[r:]||_F^2`` for r = 0 .. rows(T) - 1 (non-increasing in r)."""
+    r2 = jnp.sum(jnp.square(t), axis=-1)
+    return jnp.cumsum(r2[::-1])[::-1]
+
+
+def rows_needed(tail2: jax.Array, eps: float, n: int) -> jax.Array:
+    """The fewest rows r with ``||T[r:]||_F <= sqrt(n) * eps * ||T||_F`` (0 for a zero
+    matrix; all of T's rows where T is not finite, so that NaN and inf stay in sight)."""
+    r = jnp.sum(tail2 > (n * eps * eps) * tail2[0])
+    return jnp.where(jnp.isfinite(tail2[0]), r, tail2.shape[0]).astype(jnp.int32)
+
+
+def next_look(lr, last, done, target, eps, n, total):
+    """The block count of the next look (unbatched): when ``target`` rows are predicted
+    to suffice for every example, a little late rather than early.
+
+    ``lr`` (per example, ``(m,)``) is ``log(||T[t:]||_F / ||T||_F)`` for every row count
+    t now, after ``done`` blocks; ``last`` is (count, lr) of the last look (count 0 for
+    none). Each entry falls about linearly with depth: with a last look the crossing of
+    ``log(sqrt(n) * eps)`` at ``t = target`` is extrapolated from the two, else from the
+    origin, and the predicted distance is stretched by :data:`MARGIN` (a look that finds
+    nothing to drop costs as much as 10-20 blocks' pull-backs; one a few blocks late, a
+    few blocks' savings). At least ``MIN_GAP`` and at most ``4 * done`` blocks on; none
+    with fewer than ``MIN_REMAINING`` blocks left after it."""
+    goal = math.log(eps * math.sqrt(n))
+    c0, lr0 = last
+    now = lr[target]
+    done_f = done.astype(lr.dtype)
+    slope_two = (now - lr0[target]) / jnp.maximum(done - c0, 1).astype(lr.dtype)
+    slope_one = now / jnp.maximum(done_f, 1.0)
+    slope = jnp.where(c0 > 0, slope_two, slope_one)
+    ahead = (goal - now) / jnp.minimum(slope, -1e-6)
+    ahead = jnp.where(slope < -1e-6, ahead * MARGIN, NEVER)
+    ahead = jnp.where(now <= goal, 0.0, jnp.nan_to_num(ahead, nan=NEVER, posinf=NEVER))
+    need = batch_max(jnp.clip(done_f + ahead, 0, float(NEVER)).astype(jnp.int32))
+    nxt = jnp.clip(need, done + MIN_GAP, 4 * done)
+    return jnp.where(nxt + MIN_REMAINING > total, NEVER, nxt).astype(jnp.int32)
+
+
+def log_tails(tail2: jax.Array, m: int) -> jax.Array:
+    """``log(||T[t:]||_F / ||T||_F)`` for t = 0 .. m - 1 (-inf past T's rows, and for a
+    zero T)."""
+    lr = 0.5 * (safe_log(tail2) - safe_log(tail2[0]))
+    lr = jnp.where(tail2[0] > 0, lr, -jnp.inf)
+    return jnp.concatenate([lr, jnp.full((m - lr.shape[0],), -jnp.inf, lr.dtype)])
+
+
+def unpermute(t: jax.Array, piv: jax.Array, rows: int) -> jax.Array:
+    """``T[:rows] Pi^T`` as (rows, n), zero rows appended where T has fewer."""
+    w = t[:rows]
+    if w.shape[0] < rows:
+        w = jnp.concatenate([w, jnp.zeros((rows - w.shape[0], w.shape[1]), w.dtype)])
+    return w[:, jnp.argsort(piv)]
