@@ -13,9 +13,10 @@ For each (L, N, B) (depth, width, examples), in one run:
     (of the sub-network from h_l) + SVD, in one jit; jgrad ``output_spectra``. Floor: one sweep
     of products (L matmuls) + the measured SVD of the L B product matrices (the faster of
     the two routes, as in (a)).
-(a) and (b) run jgrad's default ``svd="auto"`` (LAPACK on the host through a threaded
-    callback for matrices of 128 x 128 and larger, off TPUs) and are also timed with
-    ``svd="device"`` (XLA's SVD).
+(a) and (b) run jgrad's defaults: ``svd="auto"`` (LAPACK on the host through a threaded
+    callback for matrices of 128 x 128 and larger, off TPUs) and ``compress=True`` (the
+    products carried in fewer rows once their numerical rank falls, from 48 blocks on);
+    they are also timed with ``svd="device"`` (XLA's SVD) and ``compress=False``.
 (c) cheap summaries of every d y / d h_l: ``output_norm_estimates`` (shared block-Krylov
     output space + tail Lanczos for the spectral norm, Hutch++ for the mean squared singular
     value, the work tapered with depth) at the ``--settings`` given (by default its
@@ -271,6 +272,13 @@ def main(argv=None):
             (xs,),
             args.repeats,
         )
+        res["a: jgrad input_output_spectrum compress=False"], _ = time_jit(
+            jax.vmap(
+                lambda x: analyze.input_output_spectrum(net, params, x, compress=False)
+            ),
+            (xs,),
+            args.repeats,
+        )
         # SVD time of the actual Jacobians (SVD cost depends on the spectrum: random
         # Gaussian matrices take longer than these graded ones).
         # The floor takes the faster of XLA's SVD (one call for the batch: it sometimes
@@ -302,6 +310,11 @@ def main(argv=None):
         )
         res["b: jgrad output_spectra svd=device"], _ = time_jit(
             jax.vmap(lambda x: analyze.output_spectra(net, params, x, svd="device")),
+            (xs,),
+            args.repeats,
+        )
+        res["b: jgrad output_spectra compress=False"], _ = time_jit(
+            jax.vmap(lambda x: analyze.output_spectra(net, params, x, compress=False)),
             (xs,),
             args.repeats,
         )
@@ -359,7 +372,11 @@ def main(argv=None):
                 lambda xs: jnp.linalg.svd(jax.vmap(jax.jacrev(f))(xs), compute_uv=False)
             )(xs)
         )
-        fin = np.isfinite(np.asarray(naive_sv[:, :10]))
+        # (jgrad's compressed sweep reads the values it dropped as -inf: compared where
+        # both are finite)
+        fin = np.isfinite(np.asarray(naive_sv[:, :10])) & np.isfinite(
+            np.asarray(io[:, :10])
+        )
         a_err = float(
             np.max(np.abs(np.asarray(io[:, :10] - naive_sv[:, :10])[fin]), initial=0)
         )

@@ -269,7 +269,7 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
             if probe:
                 z = _probe_row(bks[j], dtype) @ w
                 w = jnp.concatenate([w, jnp.zeros((1, n), dtype)])
-                w = jax.lax.dynamic_update_slice(w, z[None], (bk, 0))
+                w = jax.lax.dynamic_update_slice(w, z[None], (bk, jnp.int32(0)))
                 a, s = _probe_scale(z[None], s)
             else:
                 a, s = _scale(w, s)
@@ -370,6 +370,8 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
         else:
             st, out = single(seg, st)
             ys[q] = None if out is None else out[None]
+    if every:  # the input's spectrum is the last of ys already
+        return ys, None
     final = jax.lax.switch(
         st.k,
         [
@@ -377,7 +379,7 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
             for j in range(nb)
         ],
     )
-    return (ys if every else None), final
+    return None, final
 
 
 def _compressible(net, params, blocks, compress) -> bool:
