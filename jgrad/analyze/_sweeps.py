@@ -256,7 +256,24 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
         holds them. Returns (rows, state)."""
         if j == nb - 1:  # a single row: nothing left to drop
             return r, st._replace(nxt=jnp.int32(_rank.NEVER))
-        t, piv = _rank.pivoted_qr(r[: bks[j]] * st.inv)
+        u = r[: bks[j]] * st.inv
+        need0, lr0 = _rank.prefilter(u, eps, size)
+
+        def fails(r, st):  # the batch's first example does not fit: no look at all
+            nxt = _rank.next_look(
+                lr0, st.last, st.count, bks[j + 1], eps, u.shape[1], total
+            )
+            return r, st._replace(
+                nxt=nxt, last=(st.count, lr0 + jnp.zeros_like(st.last[1]))
+            )
+
+        return jax.lax.cond(
+            need0 > bks[j + 1], fails, lambda r, st: full(j, u, r, st), r, st
+        )
+
+    def full(j, u, r, st):
+        """The look at every example (see ``look``)."""
+        t, piv = _rank.pivoted_qr(u)
         n = t.shape[1]
         tail2 = _rank.tails(t)
         need = _rank.batch_max(_rank.rows_needed(tail2, eps, n))

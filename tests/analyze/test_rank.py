@@ -53,6 +53,23 @@ def test_batch_max_is_the_identity_alone_and_the_maximum_under_vmap():
     np.testing.assert_allclose(jax.vmap(f)(jnp.asarray([-1.0, 2.0])), [-3.0, 6.0])
 
 
+def test_prefilter_reads_the_first_example_of_a_batch(rng):
+    eps = float(np.finfo(np.float32).eps)
+    # example 0 of rank 3, example 1 of full rank
+    low = rng.normal(size=(8, 3)) @ rng.normal(size=(3, 10))
+    u = jnp.asarray(np.stack([low, rng.normal(size=(8, 10))]), jnp.float32)
+    need, lr = jax.vmap(lambda v: _rank.prefilter(v, eps, 8))(u)
+    assert int(need[0]) == int(need[1]) == 3  # unbatched: example 0's, for both
+    ref_need, ref_lr = _rank.needed_and_profile(u[0], eps, 8)
+    assert int(ref_need) == 3
+    np.testing.assert_allclose(lr[1], ref_lr)
+    alone, alone_lr = _rank.prefilter(u[1], eps, 8)  # one example: no prefilter
+    assert int(alone) == 0 and not np.any(alone_lr)
+    np.testing.assert_array_equal(
+        jax.vmap(_rank.first)(jnp.arange(3.0)), [0.0, 0.0, 0.0]
+    )
+
+
 def test_buckets_halve_down_to_one():
     assert _rank.buckets(128) == (128, 64, 32, 16, 8, 4, 2, 1)
     assert _rank.buckets(10) == (10, 5, 2, 1)
