@@ -30,8 +30,8 @@ are as accurate as without compression (the dropped part, like the rounding of a
 of the sweep, reaches the final product through the later blocks' Jacobians).
 
 Static shapes. Under ``jit`` the row count must be static, so the rows are carried in
-*buckets* of m, m/2, m/4, ..., 1 rows: a run of identical blocks is swept by one
-``while_loop`` per bucket, entered only while that bucket is the active one. Under
+*buckets* of m, m/2, m/4, ... rows (down to :data:`MIN_ROWS`): a run of identical blocks
+is swept by one ``while_loop`` per bucket, entered only while that bucket is the active one. Under
 ``vmap`` over examples the bucket must be the same for the whole batch (a batched
 ``switch`` index or loop condition would run every branch): :func:`batch_max` reduces
 over the vmapped axes (a ``custom_vmap``), so each example keeps at least its own
@@ -64,6 +64,7 @@ from jgrad.analyze._products import safe_log
 FIRST_CHECK = 16
 MIN_REMAINING = 32
 MIN_GAP = 8
+MIN_ROWS = 8
 MARGIN = 1.5
 NEVER = 2**30
 
@@ -123,9 +124,11 @@ def prefilter(u: jax.Array, eps: float, m: int):
 
 
 def buckets(m: int) -> tuple[int, ...]:
-    """The row counts a product of m rows can be carried in: m, m // 2, ..., 1."""
+    """The row counts a product of m rows can be carried in: m, m // 2, ... while at
+    least :data:`MIN_ROWS` (fewer rows save nothing more: the matmul of a few rows costs
+    its overhead; each bucket is one more loop to compile)."""
     out = [m]
-    while out[-1] > 1:
+    while out[-1] // 2 >= MIN_ROWS:
         out.append(out[-1] // 2)
     return tuple(out)
 

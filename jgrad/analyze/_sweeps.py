@@ -254,7 +254,7 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
         """Looks at the rank of bucket j's rows ``r``; compresses them in place (rows
         past the new bucket zeroed, the probe row after them) when a smaller bucket
         holds them. Returns (rows, state)."""
-        if j == nb - 1:  # a single row: nothing left to drop
+        if j == nb - 1:  # the smallest bucket: nothing smaller to move to
             return r, st._replace(nxt=jnp.int32(_rank.NEVER))
         u = r[: bks[j]] * st.inv
         need0, lr0 = _rank.prefilter(u, eps, size)
@@ -371,7 +371,7 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
     buf = with_probe(m0)
     a, s = scale(buf, jnp.zeros((), y.dtype))
     look0 = _rank.FIRST_CHECK
-    if look0 + _rank.MIN_REMAINING > total:
+    if look0 + _rank.MIN_REMAINING > total or nb == 1:
         look0 = _rank.NEVER
     st = _RankState(
         buf, jnp.int32(0), s, 1 / a, jnp.int32(1), jnp.int32(look0),

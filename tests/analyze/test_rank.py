@@ -70,10 +70,10 @@ def test_prefilter_reads_the_first_example_of_a_batch(rng):
     )
 
 
-def test_buckets_halve_down_to_one():
-    assert _rank.buckets(128) == (128, 64, 32, 16, 8, 4, 2, 1)
-    assert _rank.buckets(10) == (10, 5, 2, 1)
-    assert _rank.buckets(1) == (1,)
+def test_buckets_halve_down_to_eight_rows():
+    assert _rank.buckets(128) == (128, 64, 32, 16, 8)
+    assert _rank.buckets(100) == (100, 50, 25, 12)
+    assert _rank.buckets(10) == (10,)
 
 
 @pytest.mark.parametrize("shape", [(40, 40), (24, 40)])
