@@ -28,10 +28,12 @@ For each (L, N, B) (depth, width, examples), in one run:
 Times are medians of ``--repeats`` runs after a warm-up (compile time reported separately).
 (a) is also timed in ``3 * --repeats`` interleaved pairs with the naive JAX code, and the
 median of the pairs' ratios reported (``a_paired_ratio_naive``): on a shared machine the
-drift between two separately timed rows does not cancel, within a pair it does. Both (a)
-spectra are also compared with float64 (``a_err_vs_float64``: jacrev in float64 and
-NumPy's float64 SVD, the values above ``1e-3 sigma_max``): on a GPU, jgrad's analyzers run
-their matmuls at full float32 precision and naive JAX at JAX's default (TF32).
+drift between two separately timed rows does not cancel, within a pair it does. (c)'s
+first setting is timed in ``--repeats`` pairs with the naive all-layers code
+(``c_paired_ratio_naive``). Both (a) spectra are also compared with float64
+(``a_err_vs_float64``: jacrev in float64 and NumPy's float64 SVD, the values above
+``1e-3 sigma_max``): on a GPU, jgrad's analyzers run their matmuls at full float32
+precision and naive JAX at JAX's default (TF32).
 
 ``--blas-threads`` (default 1) sets ``OPENBLAS_NUM_THREADS`` before numpy and jax load, for
 every JAX case of the run, the naive baselines included. JAX's CPU SVD is LAPACK ``gesdd``
@@ -95,18 +97,24 @@ WEIGHT_VAR, BIAS_VAR = 1.5, 0.05
 SETTING_NAMES = ("rank", "power", "probes", "tail", "iters", "reach", "deep_probes")
 
 
-def time_jit(fn, args, repeats):
+def time_jit(fn, args, repeats, keep=None):
+    """(median seconds, IQR, compile seconds), the output; ``keep`` (a dict) gets the
+    compiled program under "compiled" (for :func:`paired_ratio`, without compiling
+    again)."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     comp = time.perf_counter() - t0
+    if keep is not None:
+        keep["compiled"] = compiled
     t, iqr = median_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
     return {"seconds": t, "iqr": iqr, "compile_seconds": comp}, compiled(*args)
 
 
-def paired_ratio(f_base, f_new, args, reps):
+def paired_ratio(f_base, f_new, args, reps, compiled=None):
     """Median over ``reps`` interleaved runs of time(f_new) / time(f_base), the order
-    alternating: machine drift between two timed blocks cancels in each pair."""
-    ca, cb = (jax.jit(fn).lower(*args).compile() for fn in (f_base, f_new))
+    alternating: machine drift between two timed blocks cancels in each pair.
+    ``compiled``: the two programs, compiled already (then f_base, f_new are unused)."""
+    ca, cb = compiled or (jax.jit(fn).lower(*args).compile() for fn in (f_base, f_new))
     jax.block_until_ready(ca(*args))
     jax.block_until_ready(cb(*args))
     ratios = []
@@ -300,8 +308,9 @@ def main(argv=None):
                 out.append(jnp.linalg.svd(jac, compute_uv=False))
             return out
 
+        naive_b_prog = {}
         res["b: naive JAX L x (jacrev+svdvals)"], _ = time_jit(
-            naive_all, (xs,), args.repeats
+            naive_all, (xs,), args.repeats, keep=naive_b_prog
         )
         res["b: jgrad output_spectra"], spectra = time_jit(
             jax.vmap(lambda x: analyze.output_spectra(net, params, x)),
@@ -334,7 +343,8 @@ def main(argv=None):
         ex_sn = exact[..., 0]
         ex_ms = analyze.spectrum_stats(exact).log_mean_sq
         accuracy = {}
-        for setting in args.settings.split(","):
+        est_prog = {}
+        for i, setting in enumerate(args.settings.split(",")):
             names = SETTING_NAMES[: len(setting.split(":"))]
             kw = dict(zip(names, (int(v) for v in setting.split(":")), strict=True))
             name = f"c: jgrad output_norm_estimates {setting}"
@@ -346,6 +356,7 @@ def main(argv=None):
                 ),
                 (xs, keys),
                 args.repeats,
+                keep=est_prog if i == 0 else None,
             )
             accuracy[f"estimates {setting} ({':'.join(names)})"] = rel_errors(
                 est, ex_sn, ex_ms
@@ -388,6 +399,15 @@ def main(argv=None):
 
         # (a) once more, interleaved with naive JAX (the ratio the target is about)
         a_paired = paired_ratio(naive_io, jgrad_io, (xs,), 3 * args.repeats)
+        # (c)'s default estimator, interleaved with the naive all-layers code
+        nb_prog = naive_b_prog["compiled"]
+        c_paired = paired_ratio(
+            None,
+            None,
+            (xs, keys),
+            args.repeats,
+            compiled=(lambda xs, keys: nb_prog(xs), est_prog["compiled"]),
+        )
 
         naive_a = res["a: naive JAX jacrev+svd"]["seconds"]
         naive_b = res["b: naive JAX L x (jacrev+svdvals)"]["seconds"]
@@ -443,6 +463,10 @@ def main(argv=None):
             f"(a) jgrad / naive JAX, interleaved pairs ({3 * args.repeats}): "
             f"median {a_paired:.3f}"
         )
+        print(
+            f"(c) default estimator / naive all-layers, interleaved pairs "
+            f"({args.repeats}): median {c_paired:.3f}"
+        )
         rows.append(
             {
                 "L": L,
@@ -457,6 +481,7 @@ def main(argv=None):
                 "a_top10_max_abs_diff": a_err,
                 "a_err_vs_float64": a_err64,
                 "a_paired_ratio_naive": a_paired,
+                "c_paired_ratio_naive": c_paired,
             }
         )
     write_results(

@@ -53,6 +53,7 @@ def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
     # (a) is the same spectrum as the naive computation.
     assert acc["a_top10_max_abs_diff"] < 1e-3
     assert acc["a_paired_ratio_naive"] > 0
+    assert acc["c_paired_ratio_naive"] > 0
     # on the CPU both (a) spectra are full float32: close to float64
     assert set(acc["a_err_vs_float64"]) == {"jgrad", "naive"}
     assert max(acc["a_err_vs_float64"].values()) < 1e-3
