@@ -135,12 +135,6 @@ def buckets(m: int) -> tuple[int, ...]:
 
 def pivoted_qr(u: jax.Array):
     """(T, piv) of ``u[:, piv] = Q T`` for one (b, n) matrix; T is (min(b, n), n)."""
-    import os
-
-    if os.environ.get("JG_HOSTQR"):
-        from jgrad.analyze._host_svd import host_pivoted_qr
-
-        return host_pivoted_qr(u)
     _, t, piv = jax.lax.linalg.qr(u, pivoting=True, full_matrices=False)
     return t, piv
 
