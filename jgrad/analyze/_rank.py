@@ -69,31 +69,31 @@ MARGIN = 1.5
 NEVER = 2**30
 
 
-@jax.custom_batching.custom_vmap
-def batch_max(v: jax.Array) -> jax.Array:
-    """``v`` itself; under ``vmap``, its maximum over the mapped axis, unbatched."""
-    return v
+def _across_batch(reduce, doc):
+    """A function that is the identity alone and, under ``vmap``, ``reduce`` over the
+    mapped axis, unbatched (a ``custom_vmap``; under nested vmaps it reduces over each)."""
+
+    @jax.custom_batching.custom_vmap
+    def f(v: jax.Array) -> jax.Array:
+        return v
+
+    @f.def_vmap
+    def _vmap(axis_size, in_batched, v):
+        del axis_size
+        (batched,) = in_batched
+        return (f(reduce(v)) if batched else v), False
+
+    f.__doc__ = doc
+    return f
 
 
-@batch_max.def_vmap
-def _batch_max_vmap(axis_size, in_batched, v):
-    del axis_size
-    (batched,) = in_batched
-    # batch_max again: under an enclosing vmap it reduces over that axis too
-    return (batch_max(jnp.max(v, axis=0)) if batched else v), False
-
-
-@jax.custom_batching.custom_vmap
-def first(v: jax.Array) -> jax.Array:
-    """``v`` itself; under ``vmap``, its entry 0 along the mapped axis, unbatched."""
-    return v
-
-
-@first.def_vmap
-def _first_vmap(axis_size, in_batched, v):
-    del axis_size
-    (batched,) = in_batched
-    return (first(v[0]) if batched else v), False
+batch_max = _across_batch(
+    lambda v: jnp.max(v, axis=0),
+    "``v`` itself; under ``vmap``, its maximum over the mapped axes, unbatched.",
+)
+first = _across_batch(
+    lambda v: v[0], "``v`` itself; under ``vmap``, its entry 0 along the mapped axes."
+)
 
 
 def needed_and_profile(u: jax.Array, eps: float, m: int):

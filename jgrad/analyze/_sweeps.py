@@ -443,16 +443,8 @@ def output_spectra(
     see ``log_singular_values``). ``svd`` as in ``log_singular_values``: the default
     takes the SVDs of 128 x 128 and larger products on the host, where they run on
     every core; XLA's CPU SVD runs on one core inside the sweep's loop, and its GPU SVD
-    takes one matrix at a time.
-
-    ``compress`` (default True): once the product's numerical rank falls, carry it in
-    fewer rows (a pivoted QR drops a part whose Frobenius norm is at most ``sqrt(n) *
-    eps`` times the product's, within one rounding of the next matrix product: see
-    ``jgrad.analyze._rank``). The singular values it drops come back as ``-inf`` (log 0)
-    instead of the rounding noise the rescaled method returns for them; the values it
-    keeps are as accurate. Networks whose spectra spread (a chaotic tanh network) sweep
-    faster; one whose spectrum does not spread is looked at a few times and never
-    compressed. ``compress=False`` carries every row.
+    takes one matrix at a time. ``compress`` as in :func:`input_output_spectrum` (every
+    product's dropped values read ``-inf``; the SVDs of compressed products are smaller).
 
     Returns:
         A tuple of L arrays, entry l the spectrum of ``d y / d h_l``.
