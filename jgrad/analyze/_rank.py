@@ -16,8 +16,9 @@ itself. The sweep keeps the fewest rows ``r`` with ``||T[r:]||_F <= sqrt(n) * ep
 ||P||_F`` (``eps`` the dtype's machine epsilon, ``n`` the columns): at most the
 worst-case rounding error of the next matrix product, ``n * eps * ||P||_F ||J||_F``
 (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., section 3.5), once
-``E`` is carried through ``J``. (A tolerance of ``eps * sigma_max`` would never be met:
-a float32 product's own rounding noise spreads over all its rows.) From there it
+``E`` is carried through ``J`` (``||E J||_F <= ||E||_F ||J||_2``). A tolerance of ``eps *
+sigma_max`` was never met in a 128-block chaotic network: a float32 product's own
+rounding noise spreads over all its rows. From there it
 carries ``W = T[:r] Pi^T`` (r x n): since ``Q[:, :r]`` has orthonormal columns, ``P ~=
 Q[:, :r] W`` has the singular values of ``W``, and so has every later product ``P J =
 Q[:, :r] (W J)``. The bound holds whatever the pivoting finds; column pivoting is what
@@ -31,8 +32,8 @@ of the sweep, reaches the final product through the later blocks' Jacobians).
 
 Static shapes. Under ``jit`` the row count must be static, so the rows are carried in
 *buckets* of m, m/2, m/4, ... rows (down to :data:`MIN_ROWS`): a run of identical blocks
-is swept by one ``while_loop`` per bucket, entered only while that bucket is the active one. Under
-``vmap`` over examples the bucket must be the same for the whole batch (a batched
+is swept by one ``while_loop`` per bucket, entered only while that bucket is the active
+one. Under ``vmap`` over examples the bucket must be the same for the whole batch (a batched
 ``switch`` index or loop condition would run every branch): :func:`batch_max` reduces
 over the vmapped axes (a ``custom_vmap``), so each example keeps at least its own
 ``r`` rows. An example's values can therefore depend on the batch it is in, at the
@@ -161,9 +162,10 @@ def next_look(lr, last, done, target, eps, n, total):
     none). Each entry falls about linearly with depth: with a last look the crossing of
     ``log(sqrt(n) * eps)`` at ``t = target`` is extrapolated from the two, else from the
     origin, and the predicted distance is stretched by :data:`MARGIN` (a look that finds
-    nothing to drop costs as much as 10-20 blocks' pull-backs; one a few blocks late, a
-    few blocks' savings). At least ``MIN_GAP`` and at most ``4 * done`` blocks on; none
-    with fewer than ``MIN_REMAINING`` blocks left after it."""
+    nothing to drop costs 7-9 blocks' pull-backs, or 1/B of that under vmap when the
+    prefilter stops it; one a few blocks late, a few blocks' savings). At least
+    ``MIN_GAP`` and at most ``4 * done`` blocks on; none with fewer than
+    ``MIN_REMAINING`` blocks left after it."""
     goal = math.log(eps * math.sqrt(n))
     c0, lr0 = last
     now = lr[target]
