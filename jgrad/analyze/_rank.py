@@ -33,11 +33,13 @@ of the sweep, reaches the final product through the later blocks' Jacobians).
 Static shapes. Under ``jit`` the row count must be static, so the rows are carried in
 *buckets* of m, m/2, m/4, ... rows (down to :data:`MIN_ROWS`): a run of identical blocks
 is swept by one ``while_loop`` per bucket, entered only while that bucket is the active
-one. Under ``vmap`` over examples the bucket must be the same for the whole batch (a batched
-``switch`` index or loop condition would run every branch): :func:`batch_max` reduces
-over the vmapped axes (a ``custom_vmap``), so each example keeps at least its own
-``r`` rows. An example's values can therefore depend on the batch it is in, at the
-level of rounding noise only.
+one; a block outside such a run switches on the bucket, so it is compiled once per
+bucket, and a network with more than :data:`MAX_SINGLE` of them (``blocks=False``, or
+blocks that all differ) is not compressed. Under ``vmap`` over examples the bucket must
+be the same for the whole batch (a batched ``switch`` index or loop condition would run
+every branch): :func:`batch_max` reduces over the vmapped axes (a ``custom_vmap``), so
+each example keeps at least its own ``r`` rows. An example's values can therefore
+depend on the batch it is in, at the level of rounding noise only.
 
 When to look. A pivoted QR of an ``m x n`` product costs about as much as 7-9 blocks'
 pull-backs on a CPU (LAPACK ``geqp3`` is largely matrix-vector work). The sweep looks
@@ -66,6 +68,7 @@ FIRST_CHECK = 16
 MIN_REMAINING = 32
 MIN_GAP = 8
 MIN_ROWS = 8
+MAX_SINGLE = 16  # more blocks outside runs of identical blocks: no compression
 MARGIN = 1.5
 NEVER = 2**30
 

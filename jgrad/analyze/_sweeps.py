@@ -218,7 +218,11 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
         eye = jnp.eye(y.size, dtype=y.dtype)
         m0 = jax.vmap(lambda r: last.vjp(r.reshape(last.out_shape)).ravel())(eye)
     size = y.size
-    bks = _rank.buckets(size)
+    # blocks outside runs are compiled once per bucket: with many of them (blocks=False,
+    # or blocks that all differ), one bucket only (no compression; compile time as the
+    # plain sweep's)
+    singles = sum(not isinstance(seg, Run) for seg in segs)
+    bks = _rank.buckets(size) if singles <= _rank.MAX_SINGLE else (size,)
     bks_arr = jnp.asarray(bks + (0,), jnp.int32)
     nb = len(bks)
     eps = float(jnp.finfo(m0.dtype).eps)

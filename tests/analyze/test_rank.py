@@ -223,3 +223,20 @@ def test_bad_compress_argument(chaotic):
         analyze.input_output_spectrum(net, params, xs[0], compress="yes")
     with pytest.raises(ValueError, match="`compress`"):
         analyze.output_spectra(net, params, xs[0], compress=1)
+
+
+def test_many_blocks_outside_runs_turn_compression_off(chaotic, monkeypatch):
+    # each block outside a run would be compiled once per bucket (blocks=False makes
+    # every layer one): past MAX_SINGLE of them the sweep keeps one bucket
+    net, params, xs = chaotic
+    monkeypatch.setattr(_rank, "MAX_SINGLE", 0)
+    got = np.asarray(
+        jax.jit(lambda v: analyze.input_output_spectrum(net, params, v))(xs[0])
+    )
+    full = np.asarray(
+        jax.jit(
+            lambda v: analyze.input_output_spectrum(net, params, v, compress=False)
+        )(xs[0])
+    )
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, full, atol=1e-5)
