@@ -100,11 +100,17 @@ first = _across_batch(
 )
 
 
-def needed_and_profile(u: jax.Array, eps: float, m: int):
-    """(rows needed, log tails padded to m) of one (b, n) matrix, by a pivoted QR."""
-    t, _ = pivoted_qr(u)
+def factor(u: jax.Array, eps: float, m: int):
+    """(T, piv, rows needed, log tails padded to m) of one (b, n) matrix, by a pivoted
+    QR: what a look needs (see :func:`rows_needed`, :func:`log_tails`)."""
+    t, piv = pivoted_qr(u)
     tail2 = tails(t)
-    return rows_needed(tail2, eps, t.shape[1]), log_tails(tail2, m)
+    return t, piv, rows_needed(tail2, eps, t.shape[1]), log_tails(tail2, m)
+
+
+def needed_and_profile(u: jax.Array, eps: float, m: int):
+    """(rows needed, log tails padded to m) of one (b, n) matrix (:func:`factor`)."""
+    return factor(u, eps, m)[2:]
 
 
 def prefilter(u: jax.Array, eps: float, m: int):

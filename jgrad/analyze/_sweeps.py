@@ -118,6 +118,16 @@ def _stateless(emit):
     return lambda r, inv, s, state: (emit(r * inv, s), state)
 
 
+def _last_product(segs, y):
+    """``d y / d h_{L-1}`` (size(y), size(h_{L-1})) of the last block (always a single
+    Block): its Jacobian in closed form (no matmul), else the VJPs of the identity."""
+    last = segs[-1]
+    if last.jac is not None:
+        return last.jac().reshape(y.size, -1)
+    eye = jnp.eye(y.size, dtype=y.dtype)
+    return jax.vmap(lambda r: last.vjp(r.reshape(last.out_shape)).ravel())(eye)
+
+
 def _sweep(net, params, x, blocks, train, key, emit, init=lambda m: (), probe=False):
     """The backward sweep of the rescaled products ``d y / d h_l``, l = L-1 .. 0.
 
@@ -141,12 +151,7 @@ def _sweep(net, params, x, blocks, train, key, emit, init=lambda m: (), probe=Fa
     random projection's (about sqrt(n) / 0.7 typically). ``emit`` gets the rows without
     z (a slice: a copy)."""
     segs, _, y = segments(net, params, x, blocks=blocks, train=train, key=key)
-    last = segs[-1]  # always a single block
-    if last.jac is not None:  # its Jacobian in closed form, no matmul
-        m = last.jac().reshape(y.size, -1)
-    else:
-        eye = jnp.eye(y.size, dtype=y.dtype)
-        m = jax.vmap(lambda r: last.vjp(r.reshape(last.out_shape)).ravel())(eye)
+    m = _last_product(segs, y)
     # The carry is (r, s, inv): the product is exp(s) * r * inv with inv = 1 / sum|r|.
     # Scaling r by inv happens inside the next pull-back (a scalar XLA fuses into the
     # pull-back's elementwise work), not as a pass of its own; emit gets r and inv apart,
@@ -211,12 +216,7 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
     the padded log spectrum of ``d y / d h_0``)."""
     segs, _, y = segments(net, params, x, blocks=blocks, train=train, key=key)
     total = sum(seg_len(seg) for seg in segs)
-    last = segs[-1]
-    if last.jac is not None:
-        m0 = last.jac().reshape(y.size, -1)
-    else:
-        eye = jnp.eye(y.size, dtype=y.dtype)
-        m0 = jax.vmap(lambda r: last.vjp(r.reshape(last.out_shape)).ravel())(eye)
+    m0 = _last_product(segs, y)
     size = y.size
     # blocks outside runs are compiled once per bucket: with many of them (blocks=False,
     # or blocks that all differ), one bucket only (no compression; compile time as the
@@ -277,10 +277,9 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
 
     def full(j, u, r, st):
         """The look at every example (see ``look``)."""
-        t, piv = _rank.pivoted_qr(u)
+        t, piv, need, lr = _rank.factor(u, eps, size)
         n = t.shape[1]
-        tail2 = _rank.tails(t)
-        need = _rank.batch_max(_rank.rows_needed(tail2, eps, n))
+        need = _rank.batch_max(need)
         k = jnp.maximum(jnp.sum(bks_arr[:nb] >= need) - 1, j).astype(jnp.int32)
         bk = bks_arr[k]
 
@@ -299,7 +298,6 @@ def _rank_sweep(net, params, x, blocks, train, key, svd, every):
         r, s, inv = jax.lax.cond(
             k > j, compress, lambda r, s, inv: (r, s, inv), r, st.s, st.inv
         )
-        lr = _rank.log_tails(tail2, size)
         nxt = _rank.next_look(lr, st.last, st.count, bks_arr[k + 1], eps, n, total)
         return r, st._replace(k=k, s=s, inv=inv, nxt=nxt, last=(st.count, lr))
 
