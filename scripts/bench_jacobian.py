@@ -200,7 +200,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
         "--settings",
-        default="8:2:24:8:8:32:4,8:2:24:12:6:128:4",
+        default="8:2:24:8:6:32:4,8:2:24:12:6:128:4",
         help="(c) output_norm_estimates settings to time, comma-separated "
         "RANK:POWER:PROBES:TAIL:ITERS[:REACH[:DEEP_PROBES]] (the first is the default "
         "one, the second the earlier defaults: every product gets every iteration)",
@@ -225,7 +225,7 @@ def main(argv=None):
             ap.error(
                 "--settings must be comma-separated RANK:POWER:PROBES:TAIL:ITERS"
                 f"[:REACH[:DEEP_PROBES]] integers, got {setting!r}; for example "
-                "8:2:24:8:8:32:4"
+                "8:2:24:8:6:32:4"
             )
     set_precision(args.precision)
     grid = QUICK if args.quick else GRID

@@ -734,7 +734,7 @@ def output_norm_estimates(
     power: int = 2,
     probes: int = 24,
     tail: int = 8,
-    iters: int = 8,
+    iters: int = 6,
     reach: int = 32,
     deep_probes: int = 4,
     blocks: bool = True,
