@@ -597,16 +597,26 @@ def _off(g, us):
     return g - (g @ basis.T) @ basis
 
 
+def _orth_rows(v):
+    """Orthonormal rows spanning the rows of ``v`` (k, n), k <= n (a QR)."""
+    return jnp.linalg.qr(v.T)[0].T
+
+
+def _new_block(v, us):
+    """The rows ``v`` projected off the orthonormal rows of all blocks ``us`` (twice:
+    re-orthogonalised) and orthonormalised: the next block of a growing basis."""
+    for _ in range(2):
+        v = _off(v, us)
+    return _orth_rows(v)
+
+
 def _krylov_block(segs, ys, log_c, us):
     """The next block of the shared Krylov space: ``sum_l P_l P_l^T U / c_l`` over the
     blocks of ``segs`` (one forward sweep of the pulled rows ``ys``), projected off all
     earlier blocks ``us`` (twice: re-orthogonalised) and orthonormalised."""
     zs = [z for z, _ in ys]
     zlogs = [lg - c for (_, lg), c in zip(ys, log_c, strict=True)]
-    acc = _push_sum(segs, zs, zlogs)
-    for _ in range(2):
-        acc = _off(acc, us)
-    return jnp.linalg.qr(acc.T)[0].T
+    return _new_block(_push_sum(segs, zs, zlogs), us)
 
 
 def _push_sum(segs, zs, zlogs):
@@ -678,20 +688,17 @@ def _push_rows(segs, rows, every=REORTH):
     that in float32 they do not all collapse onto the top direction (a block
     subspace iteration, as for Lyapunov exponents)."""
 
-    def orth(v):
-        return jnp.linalg.qr(v.T)[0].T
-
     def step(c, blk, _):
         cur, i = c
         out = jax.vmap(blk.jvp)(cur.reshape((-1,) + blk.in_shape))
         out = out.reshape((cur.shape[0], -1))
         n = vec_norm(out)
         out = out / jnp.where(n > 0, n, 1.0)[:, None]
-        out = jax.lax.cond(i % every == every - 1, orth, lambda v: v, out)
+        out = jax.lax.cond(i % every == every - 1, _orth_rows, lambda v: v, out)
         return (out, i + 1), None
 
     (cur, _), _ = fold(segs, step, (rows, jnp.zeros((), jnp.int32)))
-    return orth(cur)
+    return _orth_rows(cur)
 
 
 def _deep_start(q_rows, carry, us, z_in, gauss, rank, kq, d):
@@ -893,10 +900,7 @@ def output_norm_estimates(
         m = max(rank // 2, 1) if nh else 0
         if m:
             z_in = _push_rows(segs, jax.random.normal(kd, (m, x.size), dtype))
-            z = z_in
-            for _ in range(2):
-                z = _off(z, us)
-            us.append(jnp.linalg.qr(z.T)[0].T)
+            us.append(_new_block(z_in, us))
             u = jnp.concatenate([u, us[-1]])
         kq = rank + m  # Q's rows in the last pull
         gauss = jax.random.normal(kn, (probes, ny), dtype)
