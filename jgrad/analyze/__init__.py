@@ -54,12 +54,12 @@ __all__ = [
     "unflatten_carry",
 ]
 
-from jgrad.analyze._sweeps import NormEstimates as NormEstimates  # noqa: E402
-from jgrad.analyze._sweeps import input_output_spectrum as input_output_spectrum  # noqa: E402
-from jgrad.analyze._sweeps import output_norm_estimates as output_norm_estimates  # noqa: E402
-from jgrad.analyze._sweeps import output_norms as output_norms  # noqa: E402
-from jgrad.analyze._sweeps import output_spectra as output_spectra  # noqa: E402
-from jgrad.analyze._sweeps import output_sweep as output_sweep  # noqa: E402
+from jgrad.analyze._estimates import NormEstimates as NormEstimates  # noqa: E402
+from jgrad.analyze._estimates import output_norm_estimates as output_norm_estimates  # noqa: E402
+from jgrad.analyze._norms import output_norms as output_norms  # noqa: E402
+from jgrad.analyze._spectra import input_output_spectrum as input_output_spectrum  # noqa: E402
+from jgrad.analyze._spectra import output_spectra as output_spectra  # noqa: E402
+from jgrad.analyze._sweep import output_sweep as output_sweep  # noqa: E402
 
 __all__ += [
     "NormEstimates",

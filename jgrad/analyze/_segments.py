@@ -1,6 +1,7 @@
 """A network as linearizable segments: single blocks, and runs of identical blocks.
 
-The sweeps of :mod:`jgrad.analyze._sweeps` push vectors through every block of a network.
+The backward sweeps (:mod:`jgrad.analyze._sweep` and the modules built on it) push vectors
+through every block of a network.
 Unrolled in Python, a sweep through L blocks is L copies of the block's code in the
 compiled program, so compile time grows with depth (about 25 s per sweep at L = 128).
 Most deep networks repeat one block (an MLP's dense + activation, a residual block): here

@@ -135,7 +135,7 @@ def test_deep_float32_probe_scale_keeps_an_exploding_product(getkey):
     (``probe=False``). The product is numerically rank one: the other values lie below
     sigma_max * eps, where the uncompressed float32 sweeps give rounding noise and the
     default (rank-compressed) sweep drops them (-inf)."""
-    from jgrad.analyze._sweeps import _log_svdvals, _stateless, _sweep
+    from jgrad.analyze._sweep import log_svdvals, stateless, sweep
 
     n = 16
     net = nn.mlp(3000, n, activation="tanh", weight_var=4.0, bias_var=0.05)
@@ -144,10 +144,8 @@ def test_deep_float32_probe_scale_keeps_an_exploding_product(getkey):
     io = jax.jit(lambda p, x: analyze.input_output_spectrum(net, p, x))(params, x)
 
     def summed(p, x):
-        _, (m, s), _ = _sweep(
-            net, p, x, True, False, None, _stateless(lambda m, s: None)
-        )
-        return _log_svdvals(m, s)
+        _, (m, s), _ = sweep(net, p, x, True, False, None, stateless(lambda m, s: None))
+        return log_svdvals(m, s)
 
     ref = jax.jit(summed)(params, x)
     prod, log_scale = np.eye(n), 0.0
@@ -353,17 +351,17 @@ def test_output_norms_on_a_deep_net_against_svd_of_jacrev(getkey):
 def test_top2_closed_form_equals_eigh(rng):
     """The 2 x 2 tridiagonal eigenpair in closed form, both branches (a >= c, a < c),
     a zero off-diagonal and equal diagonals, against numpy.linalg.eigh."""
-    from jgrad.analyze._sweeps import _top2
+    from jgrad.analyze._lanczos import top2
 
     cases = [tuple(rng.standard_normal(3)) for _ in range(20)]
     cases += [(2.0, 1.0, 0.0), (1.0, 2.0, 0.0), (1.5, 1.5, 0.3), (1.5, 1.5, 0.0)]
     with jax.enable_x64(True):
-        _check_top2(cases, _top2)
+        _check_top2(cases, top2)
 
 
-def _check_top2(cases, _top2):
+def _check_top2(cases, top2):
     for a, c, b in cases:
-        lam, vec = _top2([jnp.float64(a), jnp.float64(c)], [jnp.float64(b)])
+        lam, vec = top2([jnp.float64(a), jnp.float64(c)], [jnp.float64(b)])
         w, v = np.linalg.eigh(np.array([[a, b], [b, c]]))
         np.testing.assert_allclose(float(lam), w[-1], rtol=1e-12, atol=1e-12)
         t = np.array([[a, b], [b, c]])
@@ -373,20 +371,20 @@ def _check_top2(cases, _top2):
 
 
 def test_lanczos_left_spans_the_space_and_stops_on_the_residual(rng):
-    """_lanczos_left on an explicit matrix: with as many steps as rows it is exact;
+    """lanczos_left on an explicit matrix: with as many steps as rows it is exact;
     with a loose tolerance it stops early, below sigma_max^2 but within the residual
     of an eigenvalue of m m^T; its next start vector is a unit vector."""
-    from jgrad.analyze._sweeps import _lanczos_left
+    from jgrad.analyze._lanczos import lanczos_left
 
     with jax.enable_x64(True):
         m = jnp.asarray(rng.standard_normal((12, 30)))
         u = jnp.asarray(rng.standard_normal(12))
         u = u / jnp.linalg.norm(u)
         ev = np.linalg.eigvalsh(np.asarray(m @ m.T))
-        lam, nxt = _lanczos_left(m * 0.5, 2.0, u, 12, 12, 1e-30)
+        lam, nxt = lanczos_left(m * 0.5, 2.0, u, 12, 12, 1e-30)
         np.testing.assert_allclose(float(lam), ev[-1], rtol=1e-10)
         np.testing.assert_allclose(float(jnp.linalg.norm(nxt)), 1.0, rtol=1e-12)
-        lam2, _ = jax.jit(lambda m, u: _lanczos_left(m, 1.0, u, 2, 12, 1e-2))(m, u)
+        lam2, _ = jax.jit(lambda m, u: lanczos_left(m, 1.0, u, 2, 12, 1e-2))(m, u)
         assert float(lam2) <= ev[-1] * (1 + 1e-12)
         # rho^2 <= 1e-2 theta^2: some eigenvalue within 0.1 theta
         assert np.min(np.abs(ev - float(lam2))) <= 0.1 * float(lam2)
@@ -400,16 +398,16 @@ def test_output_norms_min_iters_above_iters_is_a_clear_error(getkey):
 
 
 def test_top_eig_matches_numpy_and_never_exceeds_the_top(rng):
-    """_top_eig (3 squarings + 8 matrix-vector powers, g^72) against numpy.linalg.eigvalsh:
+    """top_eig (3 squarings + 8 matrix-vector powers, g^72) against numpy.linalg.eigvalsh:
     exact to float precision for a spread spectrum; for two nearly equal top eigenvalues
     the Rayleigh quotient stays between them."""
-    from jgrad.analyze._sweeps import _top_eig
+    from jgrad.analyze._lanczos import top_eig
 
     q, _ = np.linalg.qr(rng.normal(size=(24, 24)))
     for top2 in (0.5, 0.999):
         lam = np.concatenate([[1.0, top2], np.sort(rng.uniform(0, 0.4, 22))[::-1]])
         g = (q * lam) @ q.T
-        val, vec = jax.jit(_top_eig)(jnp.asarray(g, jnp.float32))
+        val, vec = jax.jit(top_eig)(jnp.asarray(g, jnp.float32))
         assert float(val) <= 1.0 + 1e-5
         if top2 == 0.5:
             np.testing.assert_allclose(float(val), 1.0, rtol=1e-5)
@@ -461,7 +459,7 @@ def test_probe_scale_with_a_probe_row_nearly_orthogonal_to_the_product(getkey):
     g^T P_l = (w @ g)^T ... about 1e-6 of the product at every l: the product is then
     carried about 1e6 too large, in float32, and the spectrum still matches float64
     SVD of jacrev."""
-    from jgrad.analyze._sweeps import _probe_row
+    from jgrad.analyze._sweep import probe_row
 
     n = 8
     net = nn.serial(
@@ -470,7 +468,7 @@ def test_probe_scale_with_a_probe_row_nearly_orthogonal_to_the_product(getkey):
     )
     _, params = net.init(getkey(), (n,))
     params = list(params)
-    g = np.asarray(_probe_row(n, jnp.float32), np.float64)
+    g = np.asarray(probe_row(n, jnp.float32), np.float64)
     w = np.asarray(params[-1]["w"], np.float64)  # (in, out): y = h @ w + b
     w = w - np.outer(w @ g, g) / (g @ g)  # w @ g = 0
     e = np.asarray(jax.random.normal(getkey(), (n,)), np.float64)
@@ -495,7 +493,7 @@ def test_deep_push_spans_the_deepest_products_top_subspace(depth, getkey):
     with depth, 0.9995 at depth 24 here). At depth 200 the third singular
     value is 2e-7 of the first: rows only renormalised at every block lose that
     direction in float32, the QR every REORTH blocks keeps it."""
-    from jgrad.analyze import _segments, _sweeps
+    from jgrad.analyze import _estimates, _segments
 
     net = nn.mlp(depth, 12, activation="tanh", weight_var=1.5, bias_var=0.05)
     _, params = net.init(getkey(), (12,))
@@ -507,11 +505,11 @@ def test_deep_push_spans_the_deepest_products_top_subspace(depth, getkey):
     u = np.linalg.svd(np.asarray(jac))[0][:, :3]
 
     def cosines(every):
-        z = np.asarray(_sweeps._push_rows(segs, rows, every))
+        z = np.asarray(_estimates._push_rows(segs, rows, every))
         np.testing.assert_allclose(z @ z.T, np.eye(3), atol=1e-5)
         return np.linalg.svd(u.T @ z.T, compute_uv=False)
 
-    assert np.min(cosines(_sweeps.REORTH)) > (0.995 if depth == 24 else 0.9999)
+    assert np.min(cosines(_estimates.REORTH)) > (0.995 if depth == 24 else 0.9999)
     if depth == 200:
         assert np.min(cosines(10**9)) < 0.99
 
