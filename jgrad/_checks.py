@@ -104,3 +104,28 @@ def rank(name: str, shape: Sequence[int], allowed: Iterable[int], fix: str) -> N
     if len(shape) not in allowed:
         ranks = " or ".join(str(r) for r in allowed)
         _fail(name, f"an array of rank {ranks}", f"shape {tuple(shape)}", fix)
+
+
+def cell(name: str, value: Any) -> Any:
+    """Returns ``value`` if it is a ``jgrad.rnn.Cell``, else raises ValueError."""
+    from jgrad.rnn._cell import Cell  # here: jgrad.rnn imports this module
+
+    if not isinstance(value, Cell):
+        raise ValueError(
+            f"`{name}` must be a jgrad.rnn.Cell, e.g. from jgrad.rnn.lstm(64), got type "
+            f"{type(value).__name__}. Build one with jgrad.rnn.vanilla, jgrad.rnn.lstm "
+            "or jgrad.rnn.gru."
+        )
+    return value
+
+
+def time_steps(name: str, shape: Sequence[int], axis: int) -> int:
+    """Returns ``shape[axis]``, the number of time steps T, if it is >= 1, else raises
+    ValueError."""
+    T = shape[axis]
+    if T < 1:
+        raise ValueError(
+            f"`{name}` must have at least one time step (T >= 1), got T = {T} (shape "
+            f"{tuple(shape)}). Pass a sequence with at least one step."
+        )
+    return T
