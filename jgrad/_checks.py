@@ -129,3 +129,31 @@ def time_steps(name: str, shape: Sequence[int], axis: int) -> int:
             f"{tuple(shape)}). Pass a sequence with at least one step."
         )
     return T
+
+
+def seq_length(name: str, value: Any, T: int) -> None:
+    """Raises if ``value`` is not an integer number of real steps in [0, T]; a traced
+    value (under vmap or jit) is checked for its dtype only."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = getattr(value, "dtype", None)
+    is_int = (
+        jnp.issubdtype(dtype, jnp.integer)
+        if dtype is not None
+        else isinstance(value, int) and not isinstance(value, bool)
+    )
+    if not is_int:
+        raise ValueError(
+            f"`{name}` must be an integer (the number of real steps), got {value!r}. "
+            f"Pass e.g. {name}=5, or an int array under vmap."
+        )
+    try:
+        n = int(value)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return  # traced (e.g. under vmap): cannot be checked before running
+    if not 0 <= n <= T:
+        raise ValueError(
+            f"`{name}` must be in [0, T] = [0, {T}], got {n}. It is the number of real "
+            "(unpadded) steps at the start of xs."
+        )
