@@ -155,3 +155,42 @@ def test_init_shapes_without_a_feature_axis(getkey):
     _raises(
         lambda: nn.flatten().init(getkey(), (2, 3, 4, 5)), "`in_shape`", r"\(H, W, C\)"
     )
+
+
+def test_every_rnn_entry_point_names_a_bad_cell_the_same_way(getkey):
+    cell = jgrad.rnn.lstm(4)
+    params = cell.init(getkey(), 3)
+    xs = jax.random.normal(getkey(), (6, 3))
+    calls = [
+        lambda c: jgrad.rnn.unroll(c, params, xs, cell.init_carry()),
+        lambda c: jgrad.rnn.unroll_batch(c, params, xs[None], cell.init_carry((1,))),
+        lambda c: jgrad.rnn.to_torch(c, params),
+        lambda c: jgrad.rnn.from_flax(c, {}),
+        lambda c: jgrad.analyze.rnn_step_jacobians(c, params, xs, cell.init_carry()),
+        lambda c: jgrad.analyze.pascanu_bound(c, params, xs, cell.init_carry()),
+    ]
+    msgs = {
+        _raises(
+            lambda call=call: call(tuple(cell)),
+            r"^`cell` must be a jgrad\.rnn\.Cell",
+            r"jgrad\.rnn\.lstm\(64\)",
+            "got type tuple",
+        )
+        for call in calls
+    }
+    assert len(msgs) == 1, msgs
+
+
+def test_rnn_drivers_name_an_empty_sequence_the_same_way(getkey):
+    cell = jgrad.rnn.gru(4)
+    params = cell.init(getkey(), 3)
+    xs = jax.random.normal(getkey(), (2, 0, 3))
+    _raises(
+        lambda: jgrad.rnn.unroll(cell, params, xs[0], cell.init_carry()),
+        r"^`xs` must have at least one time step \(T >= 1\), got T = 0 \(shape \(0, 3\)\)",
+    )
+    _raises(
+        lambda: jgrad.rnn.unroll_batch(cell, params, xs, cell.init_carry((2,))),
+        r"^`xs` must have at least one time step \(T >= 1\), got T = 0 \(shape "
+        r"\(2, 0, 3\)\)",
+    )

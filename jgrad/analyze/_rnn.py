@@ -74,17 +74,8 @@ def unflatten_carry(cell: Cell, s: jax.Array) -> Any:
     return s
 
 
-def _check_cell(cell):
-    if not isinstance(cell, Cell):
-        raise ValueError(
-            f"`cell` must be a jgrad.rnn Cell (vanilla, lstm, gru), got "
-            f"{type(cell).__name__}."
-        )
-
-
 def _states(cell, params, xs, carry0):
     """(xp (T, G), previous states (T, n), next states (T, n)), validated."""
-    _check_cell(cell)
     _validate(cell, params, xs, carry0, None, 1, None, "value")
     carry0 = carry_like_step(params, carry0, xs)
     xp = cell.input_proj(params, xs)
@@ -336,7 +327,6 @@ def lyapunov_spectrum(
         >>> lam.shape, bool(lam[0] < 0)
         ((3,), True)
     """
-    _check_cell(cell)
     _validate(cell, params, xs, carry0, None, 1, None, "value")
     T = xs.shape[0]
     n = flatten_carry(carry0).shape[-1]
@@ -417,7 +407,7 @@ def pascanu_bound(cell: Cell, params: dict, xs: jax.Array, carry0: Any) -> Pasca
     References:
         Pascanu, Mikolov & Bengio, ICML 2013, arXiv:1211.5063, section 3.1.
     """
-    _check_cell(cell)
+    _checks.cell("cell", cell)
     if cell.kind != "vanilla":
         raise ValueError(
             f"`cell` must be a vanilla RNN for the Pascanu bound, got a {cell.kind} cell. "

@@ -5,13 +5,13 @@ from jgrad.rnn._cell import LSTMState as LSTMState
 from jgrad.rnn._cells import gru as gru
 from jgrad.rnn._cells import lstm as lstm
 from jgrad.rnn._cells import vanilla as vanilla
+from jgrad.rnn._clip import clip_carry_grad as clip_carry_grad
 from jgrad.rnn._convert import from_flax as from_flax
 from jgrad.rnn._convert import from_torch as from_torch
 from jgrad.rnn._convert import to_flax as to_flax
 from jgrad.rnn._convert import to_torch as to_torch
 from jgrad.rnn._fast import unroll_batch as unroll_batch
 from jgrad.rnn._unroll import bidirectional as bidirectional
-from jgrad.rnn._unroll import clip_carry_grad as clip_carry_grad
 from jgrad.rnn._unroll import unroll as unroll
 from jgrad.rnn._unroll import unroll_stack as unroll_stack
 

@@ -188,8 +188,7 @@ def gru(
         arXiv:1406.1078; Chung et al., 2014, arXiv:1412.3555.
     """
     _checks.positive_int("hidden", hidden)
-    if not isinstance(reset_after, bool):
-        raise ValueError(f"`reset_after` must be True or False, got {reset_after!r}.")
+    _checks.boolean("reset_after", reset_after)
     w_ih_fn, w_hh_fn = _init.get(w_ih_init), _init.get(w_hh_init)
     H = hidden
 

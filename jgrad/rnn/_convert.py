@@ -19,6 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from jgrad import _checks
 from jgrad.rnn._cell import Cell
 
 __all__ = ["to_torch", "from_torch", "to_flax", "from_flax"]
@@ -30,11 +31,6 @@ def _np(a):
     return np.array(a, dtype=np.float32)  # a writable copy (torch.from_numpy needs one)
 
 
-def _check_cell(cell):
-    if not isinstance(cell, Cell):
-        raise ValueError(f"`cell` must be a jgrad.rnn.Cell, got {type(cell).__name__}.")
-
-
 def to_torch(cell: Cell, params: dict, layer: int = 0) -> dict[str, np.ndarray]:
     """PyTorch state-dict entries (NumPy float32) for layer ``layer`` of ``nn.RNN``/
     ``nn.LSTM``/``nn.GRU``: load a one-layer module with
@@ -44,7 +40,7 @@ def to_torch(cell: Cell, params: dict, layer: int = 0) -> dict[str, np.ndarray]:
         ValueError: for a GRU with ``reset_after=False`` (PyTorch has only reset-after) or a
             vanilla cell whose activation is neither tanh nor relu.
     """
-    _check_cell(cell)
+    _checks.cell("cell", cell)
     if cell.kind == "gru" and not cell.options["reset_after"]:
         raise ValueError(
             "`cell` must be a gru with reset_after=True for PyTorch, got reset_after=False "
@@ -71,7 +67,7 @@ def to_torch(cell: Cell, params: dict, layer: int = 0) -> dict[str, np.ndarray]:
 def from_torch(cell: Cell, state_dict: dict[str, Any], layer: int = 0) -> dict:
     """jgrad params from a PyTorch RNN/LSTM/GRU state dict (tensors or arrays), layer
     ``layer``."""
-    _check_cell(cell)
+    _checks.cell("cell", cell)
 
     def get(name):
         key = f"{name}_l{layer}"
@@ -99,7 +95,7 @@ def _split(a, n):
 def to_flax(cell: Cell, params: dict) -> dict:
     """flax.linen params (the ``{"params": ...}`` collection's content) of the matching cell:
     ``SimpleCell``, ``LSTMCell``/``OptimizedLSTMCell`` or ``GRUCell``."""
-    _check_cell(cell)
+    _checks.cell("cell", cell)
     if cell.kind == "vanilla":
         return {
             "i": {"kernel": _np(params["w_ih"]), "bias": _np(params["b"])},
@@ -132,7 +128,7 @@ def to_flax(cell: Cell, params: dict) -> dict:
 
 def from_flax(cell: Cell, flax_params: dict) -> dict:
     """jgrad params from a flax.linen cell's params (inverse of :func:`to_flax`)."""
-    _check_cell(cell)
+    _checks.cell("cell", cell)
     p = flax_params.get("params", flax_params)
 
     def cat(names, field):

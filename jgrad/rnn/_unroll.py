@@ -7,7 +7,6 @@ one matmul before the scan; the scan body does only the carry-dependent work.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,8 +16,9 @@ from jax import lax
 
 from jgrad import _checks
 from jgrad.rnn._cell import Cell, LSTMState, carry_like_step, check_carry
+from jgrad.rnn._clip import clip_carry_grad
 
-__all__ = ["unroll", "unroll_stack", "bidirectional", "clip_carry_grad"]
+__all__ = ["unroll", "unroll_stack", "bidirectional"]
 
 _BATCH_FIX = (
     "unroll takes ONE sequence (T, in_dim); for a batch (B, T, in_dim) use "
@@ -30,81 +30,17 @@ def _hidden(carry):
     return carry.h if isinstance(carry, LSTMState) else carry
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def clip_carry_grad(carry: Any, threshold: float, mode: str = "value") -> Any:
-    """Identity on the forward pass; clips the cotangent of ``carry`` on the backward pass.
-
-    ``mode="value"`` clips every entry to ``[-threshold, threshold]`` (Graves 2013, who
-    clipped the derivatives inside the LSTM's backward pass); ``mode="norm"`` rescales the
-    whole carry cotangent of one sequence to norm at most ``threshold``.
-
-    This is a ``custom_vjp``: it has no forward-mode derivative, so keep it off analysis
-    paths (``unroll(grad_clip=None)``, the default, never uses it).
-
-    References:
-        Graves, "Generating Sequences With Recurrent Neural Networks", 2013,
-        arXiv:1308.0850; Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent
-        neural networks", ICML 2013, arXiv:1211.5063.
-    """
-    del threshold, mode
-    return carry
-
-
-def _clip_fwd(carry, threshold, mode):
-    return carry, None
-
-
-def _clip_bwd(threshold, mode, _, g):
-    if mode == "value":
-        return (jax.tree.map(lambda t: jnp.clip(t, -threshold, threshold), g),)
-    sq = sum(jnp.sum(jnp.square(t)) for t in jax.tree.leaves(g))
-    norm = jnp.sqrt(sq)
-    scale = jnp.where(norm > threshold, threshold / jnp.where(norm > 0, norm, 1.0), 1.0)
-    return (jax.tree.map(lambda t: t * scale.astype(t.dtype), g),)
-
-
-clip_carry_grad.defvjp(_clip_fwd, _clip_bwd)
-
-
-def _check_seq_length(seq_length, T):
-    dtype = getattr(seq_length, "dtype", None)
-    is_int = (
-        jnp.issubdtype(dtype, jnp.integer)
-        if dtype is not None
-        else isinstance(seq_length, int) and not isinstance(seq_length, bool)
-    )
-    if not is_int:
-        raise ValueError(
-            f"`seq_length` must be an integer (the number of real steps), got "
-            f"{seq_length!r}. Pass e.g. seq_length=5, or an int array under vmap."
-        )
-    try:
-        n = int(seq_length)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return  # traced (e.g. under vmap): cannot be checked before running
-    if not 0 <= n <= T:
-        raise ValueError(
-            f"`seq_length` must be in [0, T] = [0, {T}], got {n}. It is the number of real "
-            "(unpadded) steps at the start of xs."
-        )
-
-
 def _validate(cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode):
-    if not isinstance(cell, Cell):
-        raise ValueError(
-            f"`cell` must be a jgrad.rnn.Cell (vanilla, lstm or gru), got "
-            f"{type(cell).__name__}."
-        )
+    _checks.cell("cell", cell)
     shape = jnp.shape(xs)
     _checks.rank("xs", shape, (2,), _BATCH_FIX)
-    if shape[0] == 0:
-        raise ValueError("`xs` must have at least one time step (T >= 1), got T = 0.")
+    _checks.time_steps("xs", shape, axis=0)
     _checks.feature_size(
         "xs", shape, params["w_ih"].shape[0], layer=f"this {cell.kind} cell"
     )
     check_carry(cell, carry0)
     if seq_length is not None:
-        _check_seq_length(seq_length, shape[0])
+        _checks.seq_length("seq_length", seq_length, shape[0])
     if not isinstance(unroll, bool):
         _checks.positive_int("unroll", unroll)
     if grad_clip is not None:

@@ -18,12 +18,12 @@ CELLS = {
 }
 OPTIONS = {
     "plain": {},
-    "masked": {"seq_lengths": np.array([9, 4, 6])},
+    "masked": {"seq_length": np.array([9, 4, 6])},
     "clip_value": {"grad_clip": 0.05},
     "clip_norm_masked": {
         "grad_clip": 0.1,
         "grad_clip_mode": "norm",
-        "seq_lengths": np.array([2, 9, 5]),
+        "seq_length": np.array([2, 9, 5]),
     },
 }
 
@@ -50,7 +50,7 @@ def _setup(make, key, dtype=jnp.float32):
 
 
 def _losses(cell, w, opts):
-    lengths = opts.get("seq_lengths")
+    lengths = opts.get("seq_length")
     clip = {k: v for k, v in opts.items() if k.startswith("grad_clip")}
 
     def head(final, ys):
@@ -129,6 +129,22 @@ def test_bad_input(getkey):
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru", "gru_reset_before", "vanilla_tanh"])
+def test_an_int_seq_length_is_that_length_for_every_sequence(name, getkey):
+    cell, params, xs, carry0, _ = _setup(CELLS[name], getkey())
+    final_i, ys_i = rnn.unroll_batch(cell, params, xs, carry0, seq_length=5)
+    final_a, ys_a = rnn.unroll_batch(
+        cell, params, xs, carry0, seq_length=np.full((B,), 5)
+    )
+    np.testing.assert_array_equal(np.asarray(ys_i), np.asarray(ys_a))
+    assert not np.any(np.asarray(ys_i[:, 5:])) and np.all(np.asarray(ys_i[:, :5]) != 0)
+    for a, b in zip(jax.tree.leaves(final_i), jax.tree.leaves(final_a), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for bad, match in [(T + 1, r"in \[0, T\] = \[0, 9\], got 10"), (2.5, "an integer")]:
+        with pytest.raises(ValueError, match="`seq_length` must be " + match):
+            rnn.unroll_batch(cell, params, xs, carry0, seq_length=bad)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru_reset_before", "vanilla_tanh"])
 def test_float64_params_with_the_default_float32_carry(name, getkey):
     """cell.init_carry() is float32; with float64 params the step's carry is float64 and
     lax.scan used to reject the pair. Now the carry is cast to the step's dtype: same
@@ -202,8 +218,9 @@ def _scan_unrolls(cell, params, xs):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_scratch_memory_is_the_stored_gates_plus_three_sequences(kind, getkey):
     # unroll=1 writes the backward's results over the stored gates and dL/dy in place
-    # (jgrad/rnn/_fast.py). A copy of the gate buffer per step, a stacked dz or a stacked
-    # [x, h] would each add at least B*T*H floats; plain autodiff needs about twice this.
+    # (jgrad/rnn/_fast_lstm.py, _fast_gru.py). A copy of the gate buffer per step, a
+    # stacked dz or a stacked [x, h] would each add at least B*T*H floats; plain autodiff
+    # needs about twice this.
     if jax.default_backend() != "cpu":
         pytest.skip(
             "the in-place layout is measured against XLA's CPU buffer assignment"
@@ -246,7 +263,7 @@ def test_an_ensemble_under_vmap_equals_each_model(name, getkey):
 
     def loss(p):
         _, ys = rnn.unroll_batch(
-            cell, p, xs, cell.init_carry((B,)), seq_lengths=lengths, unroll=1
+            cell, p, xs, cell.init_carry((B,)), seq_length=lengths, unroll=1
         )
         return jnp.sum(jnp.sin(ys))
 
