@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
+from jgrad.analyze._network import resolve_net
 from jgrad.analyze._precision import full_precision
-from jgrad.nn._layer import Layer
+from jgrad.nn._layer import split_keys, walk
 
-__all__ = ["Jacobians", "layer_jacobians", "jacobian", "as_layers"]
+__all__ = ["Jacobians", "layer_jacobians", "jacobian"]
 
 
 class Jacobians(NamedTuple):
@@ -49,119 +50,6 @@ class Jacobians(NamedTuple):
                 "`mats` (a tuple) for networks whose width changes."
             )
         return jnp.stack(self.mats)
-
-
-# ----------------------------------------------------------------------------------------
-# Layers
-
-
-def _flax_layer(module) -> Layer:
-    def init(key, in_shape):
-        variables = module.init(key, jnp.zeros(tuple(in_shape), jnp.float32))
-        out = jax.eval_shape(module.apply, variables, jnp.zeros(tuple(in_shape)))
-        return tuple(out.shape), variables
-
-    def apply(params, x, *, train=False, key=None, return_state=False):
-        del train, key
-        y = module.apply(params, x)
-        return (y, params) if return_state else y
-
-    return Layer(init, apply)
-
-
-def _callable_layer(fn) -> Layer:
-    def init(key, in_shape):
-        raise ValueError(
-            "a plain function in `net` has no init; pass its params yourself."
-        )
-
-    def apply(params, x, *, train=False, key=None, return_state=False):
-        del train, key
-        y = fn(params, x)
-        return (y, params) if return_state else y
-
-    return Layer(init, apply)
-
-
-def _is_flax_module(obj) -> bool:
-    try:
-        import flax.linen as nn
-    except ImportError:  # pragma: no cover - flax is a core dependency
-        return False
-    return isinstance(obj, nn.Module)
-
-
-def as_layers(net: Any) -> tuple[tuple[Layer, ...], tuple[int, ...]]:
-    """The layers of ``net`` and the indices of the layers that end a block.
-
-    ``net`` may be a ``serial`` network (its ``.layers`` and ``.block_ends``), a single Layer,
-    or a sequence whose items are Layers, flax ``linen.Module``s (params entry: the module's
-    variables) or functions ``fn(params, x) -> y``.
-
-    Raises:
-        ValueError: if ``net`` is none of these.
-    """
-    if isinstance(net, Layer):
-        layers = tuple(getattr(net, "layers", (net,)))
-        ends = tuple(getattr(net, "block_ends", range(len(layers))))
-        return layers, ends
-    if isinstance(net, (tuple, list)) and net:
-        out = []
-        for i, item in enumerate(net):
-            if isinstance(item, Layer):
-                out.append(item)
-            elif _is_flax_module(item):
-                out.append(_flax_layer(item))
-            elif callable(item):
-                out.append(_callable_layer(item))
-            else:
-                raise ValueError(
-                    f"`net[{i}]` must be a jgrad.nn.Layer, a flax.linen.Module or a function "
-                    f"fn(params, x), got {type(item).__name__}."
-                )
-        return tuple(out), tuple(range(len(out)))
-    raise ValueError(
-        f"`net` must be a jgrad.nn.Layer or a non-empty sequence of Layers / flax modules / "
-        f"functions fn(params, x), got {type(net).__name__}. Build it with "
-        "jgrad.nn.serial(...) or jgrad.nn.mlp(...)."
-    )
-
-
-def resolve_net(net: Any, params: Any, blocks: bool):
-    """(layers, params, block ends) of ``net``, validated. The ends always include the last
-    layer (a trailing readout is one more block); ``blocks=False`` makes every layer one."""
-    layers, ends = as_layers(net)
-    if (
-        isinstance(net, Layer)
-        and not hasattr(net, "layers")
-        and not (isinstance(params, (tuple, list)) and len(params) == 1)
-    ):
-        params = (params,)  # a single layer's own params (or them in a one-entry list)
-    if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-        got = (
-            len(params) if isinstance(params, (tuple, list)) else type(params).__name__
-        )
-        raise ValueError(
-            f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
-            "params returned by net.init."
-        )
-    ends = tuple(range(len(layers))) if not blocks else tuple(sorted(set(ends)))
-    if not ends or ends[-1] != len(layers) - 1:
-        ends = ends + (len(layers) - 1,)
-    return layers, params, ends
-
-
-def split_keys(key, n):
-    """One key per layer, split as ``serial`` does (None when ``key`` is None)."""
-    return [None] * n if key is None else list(jax.random.split(key, n))
-
-
-def _couples_examples(layer: Layer) -> bool:
-    if getattr(layer.apply, "couples_examples", False):
-        return True
-    block = getattr(layer.apply, "block", None)
-    subs = tuple(getattr(layer, "layers", ())) + ((block,) if block else ())
-    return any(_couples_examples(s) for s in subs)
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,30 +145,30 @@ def _add(a, b):
 
 def _layer_jacobian(layer, p, h, *, train, key, chunk_size):
     """(J, y) for one layer at input h (one example, or the whole batch as one input)."""
-    kind = getattr(layer.apply, "kind", None)
-    if kind == "dense" and h.ndim == 1:
+    info = layer.info
+    if info.kind == "dense" and h.ndim == 1:
         return ("full", p["w"].T), layer.apply(p, h)
-    if kind == "elementwise":
-        act = layer.apply.activation
+    if info.kind == "elementwise":
+        act = info.activation
         return ("diag", jnp.ravel(act.deriv(h))), act.fn(h)
-    if kind == "residual" and h.ndim == 1:
+    if info.kind == "residual" and h.ndim == 1:
         jb, yb = _layer_jacobian(
-            layer.apply.block,
+            info.block,
             p["block"],
             h,
             train=train,
             key=key,
             chunk_size=chunk_size,
         )
-        scale = layer.apply.scale
+        scale = info.scale
         jb = (jb[0], scale * jb[1])
         if "proj" in p:
             w = p["proj"]["w"]
             return _add(("full", w.T), jb), h @ w + scale * yb
         return _add(("diag", jnp.ones(h.size, h.dtype)), jb), h + scale * yb
-    if hasattr(layer, "layers"):
+    if info.kind == "serial":
         return _serial_jacobian(
-            tuple(layer.layers), p, h, train=train, key=key, chunk_size=chunk_size
+            info.layers, p, h, train=train, key=key, chunk_size=chunk_size
         )
 
     def f(v):
@@ -358,9 +246,12 @@ def layer_jacobians(
         ([(4, 4), (4, 4), (4, 4)], -1)
     """
     layers, params, ends = resolve_net(net, params, blocks)
+    _checks.boolean("train", train)
+    _checks.boolean("batch_jacobian", batch_jacobian)
     if chunk_size is not None:
         _checks.positive_int("chunk_size", chunk_size)
-    if train and not batch_jacobian and any(_couples_examples(lay) for lay in layers):
+    couples = any(sub.info.couples_examples for sub in walk(*layers))
+    if train and not batch_jacobian and couples:
         raise ValueError(
             "`batch_jacobian` must be True for a network with batch norm in train mode "
             "(train=True), got False: batch norm couples the examples, so there is no "

@@ -24,27 +24,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgrad.analyze._jacobians import (
-    _couples_examples,
     _serial_jacobian,
     _to_full,
-    resolve_net,
-    split_keys,
     warn_first_nonfinite,
 )
+from jgrad.analyze._network import resolve_net
+from jgrad.nn._layer import split_keys, sublayers, walk
 
 MIN_RUN = 3  # shorter runs of identical blocks stay unrolled
 
 _CLOSED_KINDS = ("dense", "elementwise")
 
 
-def _closed_form(layer) -> bool:
-    """Whether ``_serial_jacobian`` has a closed form (no autodiff) for this layer."""
-    kind = getattr(layer.apply, "kind", None)
-    if kind == "residual":
-        return _closed_form(layer.apply.block)
-    if hasattr(layer, "layers"):
-        return all(_closed_form(sub) for sub in layer.layers)
-    return kind in _CLOSED_KINDS
+def _closed_form(*layers) -> bool:
+    """Whether ``_serial_jacobian`` has a closed form (no autodiff) for these layers: every
+    layer in them that contains no others (a serial's and a residual's do) is closed."""
+    return all(
+        sub.info.kind in _CLOSED_KINDS for sub in walk(*layers) if not sublayers(sub)
+    )
 
 
 class Block(NamedTuple):
@@ -160,7 +157,7 @@ def segments(
     from ``cut`` on are all single Blocks. Reports (warns) the first non-finite block
     output."""
     layers, params, ends = resolve_net(net, params, blocks)
-    if train and any(_couples_examples(lay) for lay in layers):
+    if train and any(sub.info.couples_examples for sub in walk(*layers)):
         raise ValueError(
             "`train` must be False for a network with batch norm in these sweeps, got "
             "True: batch norm couples the examples. Use layer_jacobians(..., "
@@ -252,7 +249,7 @@ def segments(
         h_in = h
         h, jvp, vjp = _linearize(lambda v, f=make_fn(lays), p=p, k=k: f(p, k, v), h_in)
         jac = None
-        if h_in.ndim == 1 and all(_closed_form(lay) for lay in lays):
+        if h_in.ndim == 1 and _closed_form(*lays):
 
             def jac(lays=lays, p=p, h_in=h_in):
                 j, _ = _serial_jacobian(

@@ -1,4 +1,4 @@
-"""Pure-function networks: ``Layer(init, apply)``, ``serial``, layers and builders."""
+"""Pure-function networks: ``Layer(init, apply, info)``, ``serial``, layers and builders."""
 
 from jgrad.nn._activations import ACTIVATIONS as ACTIVATIONS
 from jgrad.nn._activations import Activation as Activation
@@ -15,6 +15,7 @@ from jgrad.nn._conv import global_avg_pool as global_avg_pool
 from jgrad.nn._dense import dense as dense
 from jgrad.nn._dense import maxout as maxout
 from jgrad.nn._layer import Layer as Layer
+from jgrad.nn._layer import LayerInfo as LayerInfo
 from jgrad.nn._layer import SerialLayer as SerialLayer
 from jgrad.nn._layer import serial as serial
 from jgrad.nn._norm import batch_norm as batch_norm
@@ -27,6 +28,7 @@ __all__ = [
     "NORMS",
     "Activation",
     "Layer",
+    "LayerInfo",
     "SerialLayer",
     "activation",
     "avg_pool",

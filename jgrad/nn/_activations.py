@@ -18,7 +18,7 @@ import jax.scipy.special as jsp
 import numpy as np
 
 from jgrad import _checks
-from jgrad.nn._layer import Layer, plain_layer
+from jgrad.nn._layer import Layer, LayerInfo, plain_layer
 
 __all__ = ["Activation", "activation", "elementwise", "prelu", "ACTIVATIONS"]
 
@@ -271,14 +271,15 @@ def elementwise(act: str | Activation, **hyperparams: Any) -> Layer:
         **hyperparams: passed to :func:`activation`.
 
     Returns:
-        A Layer; its ``apply`` also carries the activation as ``apply.activation`` so the
-        analyzers can use the closed-form derivative.
+        A Layer of kind ``"elementwise"`` whose ``info.activation`` is the activation, so
+        the analyzers can use its closed-form derivative.
     """
     a = activation(act, **hyperparams)
-    layer = plain_layer(lambda key, shape: (shape, {}), lambda params, x: a.fn(x))
-    layer.apply.activation = a
-    layer.apply.kind = "elementwise"
-    return layer
+    return plain_layer(
+        lambda key, shape: (shape, {}),
+        lambda params, x: a.fn(x),
+        LayerInfo(kind="elementwise", activation=a),
+    )
 
 
 def prelu(init_slope: float = 0.25) -> Layer:

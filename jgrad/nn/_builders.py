@@ -7,7 +7,7 @@ from jgrad import _checks
 from jgrad import init as _init
 from jgrad.nn._activations import Activation, activation, elementwise, prelu
 from jgrad.nn._conv import conv2d, global_avg_pool
-from jgrad.nn._dense import dense, maxout
+from jgrad.nn._dense import dense, maxout, weight_init
 from jgrad.nn._layer import Layer, SerialLayer, serial
 from jgrad.nn._norm import batch_norm, layer_norm
 from jgrad.nn._regularize import dropout
@@ -41,7 +41,7 @@ def mlp(
     width: int,
     *,
     activation: str | Activation = "tanh",
-    init: str | _init.Initializer = "gaussian",
+    init: str | _init.Initializer | None = "gaussian",
     weight_var: float | None = None,
     bias_var: float = 0.0,
     norm: str | None = None,
@@ -65,8 +65,11 @@ def mlp(
         width: their width, >= 1.
         activation: a name in ``jgrad.nn.ACTIVATIONS``, ``"prelu"``, ``"maxout"``, or an
             :class:`Activation`.
-        init: a ``jgrad.init`` name (``"gaussian"``, ``"he_normal"``, ``"glorot_normal"``,
-            ``"orthogonal"``, ``"standard_uniform"``, ...) or an initializer function.
+        init: the weight initializer of every dense (or maxout) layer, passed to each as
+            its ``w_init`` and so the same kind of value: a ``jgrad.init`` name
+            (``"gaussian"``, ``"he_normal"``, ``"glorot_normal"``, ``"orthogonal"``,
+            ``"standard_uniform"``, ...) or an initializer function; None is
+            ``"gaussian"``. Biases are always ``N(0, bias_var)``.
         weight_var: sigma_w^2 for ``init="gaussian"`` (weights ``N(0, weight_var/fan_in)``) or
             the squared gain of ``"orthogonal"``/``"identity"``; default 1. Other inits fix
             their own variance and reject it.
@@ -96,11 +99,12 @@ def mlp(
     _checks.positive_int("depth", depth)
     _checks.positive_int("width", width)
     _checks.probability("drop_prob", drop_prob)
+    _checks.boolean("residual", residual)
     _norm_layers(norm)  # validates norm
     is_maxout = activation == "maxout"
     if not is_maxout:
         _act_layer(activation)  # validates the name early
-    _init.get(init, weight_var=weight_var)  # validates init and weight_var
+    weight_init("init", init, weight_var)  # validates init and weight_var
 
     def linear():
         if is_maxout:
@@ -127,9 +131,7 @@ def mlp(
         layers.append(
             dense(out_dim, weight_var=weight_var, bias_var=bias_var, w_init=init)
         )
-    net = serial(*layers)
-    net.block_ends = tuple(ends)
-    return net
+    return serial(*layers, block_ends=ends)
 
 
 def resnet(
@@ -140,7 +142,7 @@ def resnet(
     activation: str | Activation = "relu",
     norm: str | None = "batch",
     skip: bool = True,
-    init: str | _init.Initializer = "he_normal",
+    init: str | _init.Initializer | None = "he_normal",
 ) -> SerialLayer:
     """A small pre-activation ResNet for 8x8 images such as scikit-learn's digits.
 
@@ -157,7 +159,9 @@ def resnet(
         activation: as in :func:`mlp` (not ``"maxout"``).
         norm: ``"batch"`` (default), ``"layer"`` (over channels) or ``None``.
         skip: identity skip connections around each block.
-        init: weight initializer name or function, for every conv and the dense layer.
+        init: the weight initializer of every conv and the dense layer, passed to each as
+            its ``w_init``: a ``jgrad.init`` name or an initializer function (None is
+            ``"gaussian"``).
 
     Returns:
         A :class:`SerialLayer` taking one ``(H, W, C)`` image (or a ``(B, H, W, C)`` batch,
@@ -170,12 +174,13 @@ def resnet(
     _checks.positive_int("num_classes", num_classes)
     _checks.positive_int("channels", channels)
     _checks.positive_int("num_blocks", num_blocks)
+    _checks.boolean("skip", skip)
     _norm_layers(norm)
     if activation == "maxout":
         raise ValueError(
             "`activation` must be elementwise or 'prelu' for resnet, got 'maxout'."
         )
-    _init.get(init)
+    weight_init("init", init, None)
 
     def conv():
         return conv2d(channels, 3, w_init=init)
@@ -199,6 +204,4 @@ def resnet(
         global_avg_pool(),
         dense(num_classes, w_init=init),
     ]
-    net = serial(*layers)
-    net.block_ends = tuple(ends)
-    return net
+    return serial(*layers, block_ends=ends)

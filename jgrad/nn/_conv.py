@@ -14,7 +14,7 @@ from jax import lax
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._dense import _w_init
+from jgrad.nn._dense import weight_init
 from jgrad.nn._layer import Layer, lead, plain_layer
 
 __all__ = ["conv2d", "avg_pool", "global_avg_pool", "flatten"]
@@ -70,7 +70,7 @@ def conv2d(
     _checks.positive_int("out_channels", out_channels)
     ks, st = _pair("kernel_size", kernel_size), _pair("stride", stride)
     _checks.choice("padding", padding, ("SAME", "VALID"))
-    w_fn = _w_init(w_init, weight_var)
+    w_fn = weight_init("w_init", w_init, weight_var)
     b_fn = _init.gaussian_bias(bias_var)
 
     def out_hw(h, w):

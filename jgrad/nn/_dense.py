@@ -7,15 +7,27 @@ import jax.numpy as jnp
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._layer import Layer, check_in_shape, lead, plain_layer
+from jgrad.nn._layer import Layer, LayerInfo, check_in_shape, lead, plain_layer
 
-__all__ = ["dense", "maxout"]
+__all__ = ["dense", "maxout", "weight_init"]
 
 
-def _w_init(w_init, weight_var):
-    if w_init is None:
-        return _init.gaussian(1.0 if weight_var is None else weight_var)
-    return _init.get(w_init, weight_var=weight_var)
+def weight_init(
+    arg: str, value: str | _init.Initializer | None, weight_var: float | None
+) -> _init.Initializer:
+    """The weight initializer ``value`` stands for, wherever one is passed: a layer's
+    ``w_init`` or a builder's ``init`` (``arg`` names it in errors).
+
+    ``value`` is a ``jgrad.init`` name, an initializer ``(key, shape, dtype) -> Array``, or
+    None for ``"gaussian"``; ``weight_var`` scales ``"gaussian"`` (variance
+    ``weight_var / fan_in``, default 1), ``"orthogonal"`` and ``"identity"`` (gain
+    ``sqrt(weight_var)``) and must be None for the other names.
+    """
+    if value is None:
+        value = "gaussian"
+    if not callable(value):
+        _checks.choice(arg, value, _init.NAMES)
+    return _init.get(value, weight_var=weight_var)
 
 
 def dense(
@@ -33,7 +45,9 @@ def dense(
             ``w_init`` is None (default 1.0), or the scale of a named ``w_init`` that takes one
             (``"gaussian"``, ``"orthogonal"``, ``"identity"``: see ``jgrad.init.get``).
         bias_var: the mean-field sigma_b^2: biases ``N(0, bias_var)``, zeros when 0.
-        w_init: a ``jgrad.init`` name or an initializer ``(key, shape, dtype) -> Array``.
+        w_init: the weight initializer: a ``jgrad.init`` name or an initializer
+            ``(key, shape, dtype) -> Array``; None is ``"gaussian"``. The same kind of value
+            as the builders' ``init`` (``jgrad.nn.mlp(init=...)`` passes it here).
 
     Returns:
         A Layer with params ``{"w": (in_dim, out_dim), "b": (out_dim,)}``. ``apply`` takes
@@ -50,7 +64,7 @@ def dense(
         ((3, 4), (4,))
     """
     _checks.positive_int("out_dim", out_dim)
-    w_fn = _w_init(w_init, weight_var)
+    w_fn = weight_init("w_init", w_init, weight_var)
     b_fn = _init.gaussian_bias(bias_var)
 
     def init(key, in_shape):
@@ -66,9 +80,8 @@ def dense(
         y = x @ params["w"]
         return y + lead(params["b"], y.ndim)
 
-    layer = plain_layer(init, fn)
-    layer.apply.kind = "dense"  # lets the analyzers use the closed-form Jacobian w^T
-    return layer
+    # kind "dense": the analyzers use the closed-form Jacobian w^T
+    return plain_layer(init, fn, LayerInfo(kind="dense"))
 
 
 def maxout(
@@ -97,7 +110,7 @@ def maxout(
     """
     _checks.positive_int("out_dim", out_dim)
     _checks.positive_int("num_pieces", num_pieces)
-    w_fn = _w_init(w_init, weight_var)
+    w_fn = weight_init("w_init", w_init, weight_var)
     b_fn = _init.gaussian_bias(bias_var)
 
     def init(key, in_shape):

@@ -1,6 +1,7 @@
-"""The ``Layer(init, apply)`` protocol and the ``serial`` combinator.
+"""The ``Layer(init, apply, info)`` protocol, its ``LayerInfo`` and the ``serial`` combinator.
 
-A layer is a NamedTuple of two pure functions, as in ``jax.example_libraries.stax``:
+A layer is a NamedTuple of two pure functions, as in ``jax.example_libraries.stax``, plus
+declared metadata:
 
 - ``init(key, in_shape) -> (out_shape, params)`` computes shapes without running the layer;
   ``in_shape`` is the shape of ONE example (no batch axis).
@@ -9,14 +10,38 @@ A layer is a NamedTuple of two pure functions, as in ``jax.example_libraries.sta
   ``TypeError`` rather than silently ignored. ``train`` switches dropout and batch norm to
   training behaviour; ``key`` feeds dropout; ``return_state`` also returns the params with
   any running statistics updated (batch norm) and every other entry unchanged.
+- ``info``: a :class:`LayerInfo`, defaulted, so ``Layer(init, apply)`` is a complete layer.
+  It tells the analyzers what they may use beyond the two functions; every field is
+  declared here and read as an attribute, so a misspelt field is an error:
+
+  ============================  ==========================================================
+  field                         meaning
+  ============================  ==========================================================
+  ``kind``                      one of :data:`KINDS`, or None: any other layer (the
+                                analyzers then take its Jacobian by autodiff)
+  ``activation``                ``"elementwise"``: the :class:`~jgrad.nn.Activation`
+                                (closed-form derivative)
+  ``block``, ``scale``          ``"residual"``: the branch Layer and its multiplier
+  ``couples_examples``          True when ``apply(train=True)`` mixes the examples of a
+                                batch (batch norm): there is no per-example Jacobian
+  ``layers``, ``block_ends``    ``"serial"``: the composed layers in order, and the indices
+                                of those whose outputs are the blocks' outputs h_l
+  ============================  ==========================================================
+
+  :func:`walk` visits a layer and every layer inside it (a serial's layers, a residual's
+  block); it is the one traversal the analyzers use.
 
 Params are dicts with fixed names (``{"w", "b"}`` for dense, ``{}`` for a layer without
-parameters); ``serial`` holds a tuple with one entry per layer, in order.
+parameters); ``serial`` holds a tuple with one entry per layer, in order. ``serial`` splits
+a ``key`` with :func:`split_keys`, one subkey per layer; analyzers that replay a network
+layer by layer split it the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Iterator, Sequence
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 import jax
@@ -25,35 +50,142 @@ Params = Any
 Shape = tuple[int, ...]
 
 __all__ = [
+    "KINDS",
     "Layer",
+    "LayerInfo",
     "Params",
+    "SerialLayer",
     "Shape",
-    "serial",
-    "plain_layer",
     "check_in_shape",
+    "check_info",
     "lead",
+    "plain_layer",
+    "serial",
+    "split_keys",
+    "sublayers",
+    "walk",
 ]
+
+#: Values of ``LayerInfo.kind`` besides None (a layer the analyzers know nothing about).
+KINDS = ("dense", "elementwise", "residual", "batch_norm", "serial")
+
+
+class LayerInfo(NamedTuple):
+    """What the analyzers may know about a layer beyond its two functions.
+
+    Attributes:
+        kind: one of :data:`KINDS`, or None for any other layer.
+        activation: the :class:`~jgrad.nn.Activation` of an ``"elementwise"`` layer.
+        block: the branch Layer of a ``"residual"`` layer.
+        scale: the multiplier of a ``"residual"`` layer's branch.
+        couples_examples: True when ``apply(..., train=True)`` mixes the examples of a
+            batch (batch norm), so no per-example Jacobian exists in train mode.
+        layers: the layers a ``"serial"`` layer composes, first to last.
+        block_ends: for ``"serial"``: the indices into ``layers`` of the layers whose
+            outputs are the blocks' outputs h_l, increasing.
+    """
+
+    kind: str | None = None
+    activation: Any = None
+    block: Layer | None = None
+    scale: float = 1.0
+    couples_examples: bool = False
+    layers: tuple[Layer, ...] = ()
+    block_ends: tuple[int, ...] = ()
 
 
 class Layer(NamedTuple):
-    """A network layer as two pure functions (see the module docstring).
+    """A network layer as two pure functions and declared metadata (see the module
+    docstring).
 
     Attributes:
         init: ``init(key, in_shape) -> (out_shape, params)``.
         apply: ``apply(params, x, *, train=False, key=None, return_state=False)``.
+        info: a :class:`LayerInfo`; the default ``LayerInfo()`` declares nothing.
     """
 
     init: Callable[[jax.Array, Shape], tuple[Shape, Params]]
     apply: Callable[..., Any]
+    info: LayerInfo = LayerInfo()
+
+    def __hash__(self) -> int:
+        # By the functions, as a Layer of (init, apply) hashes, so a network can be a static
+        # argument of jax.jit; ``info`` may hold an Activation, whose params dict is
+        # unhashable, and is fixed by the functions anyway.
+        return hash((self.init, self.apply))
 
 
 class SerialLayer(Layer):
-    """A :class:`Layer` that also exposes the layers it composes as ``.layers``.
+    """A :class:`Layer` of kind ``"serial"``, built by :func:`serial`.
 
-    Analyzers walk ``.layers`` to take per-layer Jacobians and gradients. Builders may set
-    ``.block_ends``: the indices of the layers whose outputs are the blocks' outputs h_l
-    (e.g. after each activation of an MLP).
+    Its ``.layers`` and ``.block_ends`` read ``info.layers`` and ``info.block_ends``: the
+    layers it composes, and the indices of the layers whose outputs are the blocks' outputs
+    h_l (e.g. after each activation of an MLP; every layer for a plain ``serial``).
     """
+
+    __slots__ = ()
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """The layers, first to last (``info.layers``)."""
+        return self.info.layers
+
+    @property
+    def block_ends(self) -> tuple[int, ...]:
+        """Indices into ``layers`` of the blocks' last layers (``info.block_ends``)."""
+        return self.info.block_ends
+
+
+def sublayers(layer: Layer) -> tuple[Layer, ...]:
+    """The layers directly inside ``layer``: a serial's layers, a residual's block."""
+    info = layer.info
+    return info.layers + (() if info.block is None else (info.block,))
+
+
+def walk(*layers: Layer) -> Iterator[Layer]:
+    """Each of ``layers`` and every layer inside it, depth first, parents first.
+
+    Examples:
+        >>> import jgrad
+        >>> net = jgrad.nn.mlp(2, 4, residual=True)
+        >>> [sub.info.kind for sub in walk(net)][:4]
+        ['serial', 'residual', 'serial', 'elementwise']
+    """
+    for layer in layers:
+        yield layer
+        yield from walk(*sublayers(layer))
+
+
+def check_info(layer: Layer, name: str = "layer") -> None:
+    """Raises ValueError unless ``layer`` and every layer inside it declare a consistent
+    :class:`LayerInfo` (a known ``kind`` with the fields that kind needs)."""
+    for sub in walk(layer):
+        info = sub.info
+        if not isinstance(info, LayerInfo):
+            raise ValueError(
+                f"`{name}.info` must be a jgrad.nn.LayerInfo, got {type(info).__name__}. "
+                "Build the layer as Layer(init, apply) or Layer(init, apply, LayerInfo(...))."
+            )
+        if info.kind is not None and info.kind not in KINDS:
+            raise ValueError(
+                f"`{name}.info.kind` must be one of {list(KINDS)} or None, got "
+                f"{info.kind!r}. Use None for a layer the analyzers should differentiate "
+                "by autodiff."
+            )
+        field = {"elementwise": "activation", "residual": "block", "serial": "layers"}
+        field = field.get(info.kind)
+        if field is not None and not info._asdict()[field]:
+            raise ValueError(
+                f"`{name}.info.{field}` must be set for kind {info.kind!r}, got "
+                f"{info._asdict()[field]!r}. Build the layer with "
+                f"jgrad.nn.{info.kind}(...)."
+            )
+
+
+def split_keys(key: jax.Array | None, n: int) -> list:
+    """``n`` subkeys of ``key``, one per layer, as ``serial`` splits its key; ``n`` Nones
+    when ``key`` is None (no layer draws)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
 
 
 def lead(v: jax.Array, ndim: int) -> jax.Array:
@@ -88,6 +220,7 @@ def check_in_shape(
 def plain_layer(
     init: Callable[[jax.Array, Shape], tuple[Shape, Params]],
     fn: Callable[[Params, jax.Array], jax.Array],
+    info: LayerInfo = LayerInfo(),
 ) -> Layer:
     """Builds a Layer from ``fn(params, x) -> y`` that has no train mode, key or state."""
 
@@ -99,14 +232,33 @@ def plain_layer(
     def checked_init(key, in_shape):
         return init(key, check_in_shape(in_shape))
 
-    return Layer(checked_init, apply)
+    return Layer(checked_init, apply, info)
 
 
-def serial(*layers: Layer) -> SerialLayer:
+def _check_block_ends(block_ends: Any, n: int) -> tuple[int, ...]:
+    try:
+        ends = tuple(operator.index(e) for e in block_ends)
+        ok = all(0 <= e < n for e in ends) and all(a < b for a, b in pairwise(ends))
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"`block_ends` must be increasing layer indices in [0, {n}), got "
+            f"{block_ends!r}. Pass the index of each block's last layer, e.g. "
+            "serial(dense(8), elementwise('tanh'), dense(8), elementwise('tanh'), "
+            "block_ends=(1, 3))."
+        )
+    return ends
+
+
+def serial(*layers: Layer, block_ends: Sequence[int] | None = None) -> SerialLayer:
     """Composes layers in order; itself a Layer.
 
     Args:
         *layers: the layers, applied first to last.
+        block_ends: the indices of the layers whose outputs are the blocks' outputs h_l
+            (what the analyzers report on with ``blocks=True``), increasing; None makes
+            every layer a block.
 
     Returns:
         A :class:`SerialLayer` whose ``apply`` additionally takes
@@ -116,7 +268,8 @@ def serial(*layers: Layer) -> SerialLayer:
         per layer.
 
     Raises:
-        ValueError: if no layers are given or an argument is not a Layer.
+        ValueError: if no layers are given, an argument is not a Layer (or declares an
+            inconsistent ``info``), or ``block_ends`` is not increasing indices of layers.
 
     Examples:
         >>> import jax, jgrad
@@ -138,6 +291,12 @@ def serial(*layers: Layer) -> SerialLayer:
                 f"`layers[{i}]` must be a jgrad.nn.Layer (init, apply), got "
                 f"{type(layer).__name__}. Build layers with jgrad.nn.dense, elementwise, ..."
             )
+        check_info(layer, f"layers[{i}]")
+    ends = (
+        tuple(range(len(layers)))
+        if block_ends is None
+        else _check_block_ends(block_ends, len(layers))
+    )
 
     def init(key, in_shape):
         shape = check_in_shape(in_shape)
@@ -167,11 +326,7 @@ def serial(*layers: Layer) -> SerialLayer:
                 f"`params` must be a sequence of {len(layers)} per-layer entries (from this "
                 f"network's init), got {n}. Pass the params returned by net.init."
             )
-        keys = (
-            [None] * len(layers)
-            if key is None
-            else list(jax.random.split(key, len(layers)))
-        )
+        keys = split_keys(key, len(layers))
         hs, new_params = [], []
         for layer, p, k in zip(layers, params, keys, strict=True):
             out = layer.apply(p, x, train=train, key=k, return_state=return_state)
@@ -186,7 +341,5 @@ def serial(*layers: Layer) -> SerialLayer:
             result = result + (tuple(new_params),)
         return result if len(result) > 1 else result[0]
 
-    net = SerialLayer(init, apply)
-    net.layers = tuple(layers)
-    net.block_ends = tuple(range(len(layers)))
-    return net
+    info = LayerInfo(kind="serial", layers=tuple(layers), block_ends=ends)
+    return SerialLayer(init, apply, info)

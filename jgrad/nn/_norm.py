@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.nn._layer import Layer, check_in_shape, lead, plain_layer
+from jgrad.nn._layer import Layer, LayerInfo, check_in_shape, lead, plain_layer
 
 __all__ = ["batch_norm", "layer_norm"]
 
@@ -31,7 +31,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     Returns:
         A Layer with params ``{"scale": (C,), "offset": (C,), "mean": (C,), "var": (C,)}``
-        initialised to ones, zeros, zeros, ones.
+        initialised to ones, zeros, zeros, ones; ``info.couples_examples`` is True.
 
     References:
         Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv:1502.03167; Yang et al.,
@@ -83,9 +83,9 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     def checked_init(key, in_shape):
         return init(key, check_in_shape(in_shape))
 
-    apply.kind = "batch_norm"
-    apply.couples_examples = True  # in train mode; read by the analyzers
-    return Layer(checked_init, apply)
+    return Layer(
+        checked_init, apply, LayerInfo(kind="batch_norm", couples_examples=True)
+    )
 
 
 def layer_norm(eps: float = 1e-5) -> Layer:

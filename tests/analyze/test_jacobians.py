@@ -218,9 +218,7 @@ def _every_activation_net(fancy):
         ends.append(len(layers) - 1)
     layers += [nn.dense(6), nn.prelu(), nn.maxout(4, 3)]
     ends += [len(layers) - 2, len(layers) - 1]
-    net = nn.serial(*layers)
-    net.block_ends = tuple(ends)
-    return net
+    return nn.serial(*layers, block_ends=ends)
 
 
 @pytest.mark.parametrize(
@@ -566,6 +564,12 @@ def test_layer_jacobians_errors(rng):
         layer_jacobians(net, {"w": 1}, x)
     with pytest.raises(ValueError, match="`chunk_size` must be a positive integer"):
         layer_jacobians(net, params, x, chunk_size=0)
+    typo = nn.Layer(net.layers[0].init, net.layers[0].apply, nn.LayerInfo(kind="desne"))
+    with pytest.raises(ValueError, match=r"`net\[0\].info.kind` must be one of"):
+        layer_jacobians([typo], [params[0]], x)
+    for flag in ("blocks", "train", "batch_jacobian"):
+        with pytest.raises(ValueError, match=f"`{flag}` must be True or False"):
+            layer_jacobians(net, params, x, **{flag: "yes"})
     with pytest.raises(ValueError, match="`mode` must be one of"):
         jacobian(jnp.sin, x, mode="forward")
     with pytest.raises(ValueError, match="`chunk_size` must be a positive integer"):

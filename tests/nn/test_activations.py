@@ -236,7 +236,7 @@ def test_elementwise_layer_applies_fn(rng, getkey):
     np.testing.assert_allclose(
         layer.apply(params, x), jax.nn.leaky_relu(x, 0.2), rtol=1e-7
     )
-    assert layer.apply.activation.params == {"negative_slope": 0.2}
+    assert layer.info.activation.params == {"negative_slope": 0.2}
 
 
 # ---------------------------------------------------------------- prelu
