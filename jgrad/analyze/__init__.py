@@ -8,7 +8,7 @@ from jgrad.analyze._grad_flow import net_layers as net_layers
 from jgrad.analyze._jacobians import Jacobians as Jacobians
 from jgrad.analyze._jacobians import jacobian as jacobian
 from jgrad.analyze._jacobians import layer_jacobians as layer_jacobians
-from jgrad.analyze._products import LogMatrix as LogMatrix
+from jgrad.analyze._logspace import LogMatrix as LogMatrix
 from jgrad.analyze._products import SpectrumStats as SpectrumStats
 from jgrad.analyze._products import input_products as input_products
 from jgrad.analyze._products import jacobian_product as jacobian_product

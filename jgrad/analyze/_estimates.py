@@ -13,11 +13,11 @@ import jax.numpy as jnp
 from jgrad import _checks
 from jgrad.analyze._jacobians import resolve_net
 from jgrad.analyze._lanczos import lanczos_top, top_eig
-from jgrad.analyze._precision import full_precision
-from jgrad.analyze._products import (
+from jgrad.analyze._logspace import (
     safe_log,
     vec_norm,
 )
+from jgrad.analyze._precision import full_precision
 from jgrad.analyze._segments import (
     fold,
     segments,

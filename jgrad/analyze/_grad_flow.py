@@ -15,8 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jgrad.analyze._logspace import safe_div, vec_norm
 from jgrad.analyze._precision import full_precision
-from jgrad.analyze._products import vec_norm
 from jgrad.nn._layer import Layer
 
 __all__ = ["GradFlow", "layer_grad_norms", "net_layers"]
@@ -137,7 +137,7 @@ def layer_grad_norms(
     raw = g
     n = norm(g)
     log_scale = jnp.log10(n)
-    g = jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), g)
+    g = jnp.where(n > 0, safe_div(g, n), g)
     logs, raws, zeros = [log_scale], [n], [jnp.all(raw == 0)]
     param_logs = []
     for f in reversed(vjps):
@@ -149,7 +149,7 @@ def layer_grad_norms(
         )
         n = norm(g)
         log_scale = log_scale + jnp.log10(n)
-        g = jnp.where(n > 0, g / jnp.where(n > 0, n, 1.0), g)
+        g = jnp.where(n > 0, safe_div(g, n), g)
         logs.append(log_scale)
         raws.append(norm(raw))
         zeros.append(jnp.all(raw == 0))

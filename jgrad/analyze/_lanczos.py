@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jgrad.analyze._products import (
+from jgrad.analyze._logspace import (
     safe_log,
     vec_norm,
 )

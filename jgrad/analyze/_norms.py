@@ -12,10 +12,10 @@ import jax.numpy as jnp
 from jgrad import _checks
 from jgrad.analyze._estimates import NormEstimates
 from jgrad.analyze._lanczos import lanczos_left, norm2, unit
-from jgrad.analyze._precision import full_precision
-from jgrad.analyze._products import (
+from jgrad.analyze._logspace import (
     safe_log,
 )
+from jgrad.analyze._precision import full_precision
 from jgrad.analyze._segments import (
     unchunk,
 )

@@ -30,12 +30,17 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.analyze._host_svd import host_svdvals
 from jgrad.analyze._jacobians import Jacobians
+from jgrad.analyze._logspace import (
+    SVD_WHERE,
+    LogMatrix,
+    accumulate_dtype,
+    normalize,
+    svdvals,
+)
 from jgrad.analyze._precision import full_precision
 
 __all__ = [
-    "LogMatrix",
     "SpectrumStats",
     "jacobian_product",
     "input_products",
@@ -47,101 +52,6 @@ __all__ = [
 ]
 
 METHODS = ("rescaled", "qr")
-SVD_WHERE = ("auto", "device", "host")
-# "auto" takes the SVD on the host (LAPACK through a callback, threaded) for matrices with
-# both sides >= this, off TPUs. On 2 CPU cores, 32 batches of 16 matrices in a lax.map:
-# host/device 0.63-0.71x at n = 128, 0.73-1.07x at 64, 2.6x at 32 and 10-25x at 4 (a
-# callback costs 0.4-0.9 ms); at the top level of a program 0.96x at 128 and 1.6x at 64
-# (docs/benchmarks.md, session 6). On an H100 the host was 1.5-2.1x faster at 128 and 256.
-HOST_SVD_MIN = 128
-
-
-def svd_where(svd: str, shape: tuple[int, ...]) -> str:
-    """Resolves ``svd="auto"`` for matrices of ``shape`` (..., r, n) at trace time."""
-    if svd != "auto":
-        return svd
-    big = min(shape[-2:]) >= HOST_SVD_MIN
-    return "host" if big and jax.default_backend() != "tpu" else "device"
-
-
-class LogMatrix(NamedTuple):
-    """A matrix stored as ``exp(log_scale) * matrix``, finite however large or small.
-
-    Attributes:
-        matrix: ``(..., m, n)`` with Frobenius norm 1 (or all zeros for an exactly zero
-            product, e.g. a dead ReLU layer, whose ``log_scale`` is ``-inf``).
-        log_scale: ``(...)``, the natural log of the Frobenius norm of the product.
-    """
-
-    matrix: jax.Array
-    log_scale: jax.Array
-
-    def value(self) -> jax.Array:
-        """The matrix itself (overflows or underflows where its scale is out of range)."""
-        return jnp.exp(self.log_scale)[..., None, None] * self.matrix
-
-
-def safe_log(x):
-    """log x, with log 0 = -inf and no NaN gradient or warning path."""
-    return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), -jnp.inf)
-
-
-def svdvals(m, svd="auto"):
-    """Singular values (descending) of ``m`` (..., r, n), without singular vectors.
-
-    ``svd="auto"``: ``"host"`` for matrices with both sides >= ``HOST_SVD_MIN`` (128),
-    except on TPUs, else ``"device"``. ``svd="device"``: XLA's SVD where the array lives
-    (LAPACK ``gesdd`` on CPU). Called on the transpose: the singular values are the same,
-    and LAPACK's column-major operand is then the row-major array XLA already holds, so no
-    transposing copy is made (about 15% of the SVD time at n = 256 on CPU).
-    ``svd="host"``: LAPACK ``?gesdd`` on the host CPU through a callback, threaded over
-    the batch (see ``jgrad.analyze._host_svd``)."""
-    if svd_where(svd, m.shape) == "host":
-        return host_svdvals(m)
-    return jnp.linalg.svd(jnp.swapaxes(m, -1, -2), compute_uv=False)
-
-
-def vec_norm(v, axis=-1):
-    """Euclidean norm over ``axis``, scaled by max|v| first so it cannot under- or
-    overflow (squaring a 1e-20 entry would underflow float32)."""
-    a = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
-    safe = jnp.where(a > 0, a, 1.0)
-    n = a * jnp.sqrt(jnp.sum(jnp.square(v / safe), axis=axis, keepdims=True))
-    return jnp.squeeze(n, axis=axis)
-
-
-def _fro(m):
-    """Frobenius norm over the last two axes, scaled by max|m| first so it cannot
-    underflow or overflow."""
-    return vec_norm(m, axis=(-2, -1))
-
-
-def _normalize(m, log_scale):
-    n = _fro(m)
-    ok = n > 0
-    m = m / jnp.where(ok, n, 1.0)[..., None, None]
-    return m, log_scale + safe_log(n)
-
-
-ACCUMULATE = ("float32", "float64")
-
-
-def accumulate_dtype(accumulate: str | None):
-    """The dtype for ``accumulate`` (None: keep), checked before any tracing."""
-    if accumulate is None:
-        return None
-    _checks.choice("accumulate", accumulate, ACCUMULATE)
-    if (
-        accumulate == "float64"
-        and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64
-    ):
-        raise ValueError(
-            "`accumulate` must be None or 'float32' while JAX runs in 32-bit mode, got "
-            "'float64': without 64-bit mode JAX silently makes every float64 array "
-            "float32. Enable it first with jax.config.update('jax_enable_x64', True) "
-            "(or inside `with jax.enable_x64(True):`); float32 models stay float32."
-        )
-    return jnp.dtype(accumulate)
 
 
 def _as_mats(jacobians: Any, name: str = "jacobians", dtype=None):
@@ -245,21 +155,21 @@ def jacobian_product(
     if start == stop:
         n = mats[start - 1].shape[0] if start else mats[0].shape[1]
         dtype = mats[0].dtype
-        return LogMatrix(*_normalize(jnp.eye(n, dtype=dtype), jnp.zeros((), dtype)))
+        return LogMatrix(*normalize(jnp.eye(n, dtype=dtype), jnp.zeros((), dtype)))
     if isinstance(mats, jax.Array) or hasattr(mats, "shape"):
         first, rest = mats[start], mats[start + 1 : stop]
-        init = _normalize(first, jnp.zeros((), first.dtype))
+        init = normalize(first, jnp.zeros((), first.dtype))
         if rest.shape[0] == 0:
             return LogMatrix(*init)
 
         def body(carry, j):
-            return _normalize(j @ carry[0], carry[1]), None
+            return normalize(j @ carry[0], carry[1]), None
 
         (m, s), _ = jax.lax.scan(body, init, rest)
         return LogMatrix(m, s)
-    m, s = _normalize(mats[start], jnp.zeros((), mats[start].dtype))
+    m, s = normalize(mats[start], jnp.zeros((), mats[start].dtype))
     for j in mats[start + 1 : stop]:
-        m, s = _normalize(j @ m, s)
+        m, s = normalize(j @ m, s)
     return LogMatrix(m, s)
 
 
@@ -285,19 +195,19 @@ def input_products(
         # element order kept: `a` holds the earlier layers' product, `b` the later ones'
         return _assoc(mats, lambda a, b: b @ a, reverse=False)
     if hasattr(mats, "shape"):
-        init = _normalize(mats[0], jnp.zeros((), mats.dtype))
+        init = normalize(mats[0], jnp.zeros((), mats.dtype))
 
         def body(carry, j):
-            out = _normalize(j @ carry[0], carry[1])
+            out = normalize(j @ carry[0], carry[1])
             return out, out
 
         _, (ms, ss) = jax.lax.scan(body, init, mats[1:])
         return LogMatrix(
             jnp.concatenate([init[0][None], ms]), jnp.concatenate([init[1][None], ss])
         )
-    out = [LogMatrix(*_normalize(mats[0], jnp.zeros((), mats[0].dtype)))]
+    out = [LogMatrix(*normalize(mats[0], jnp.zeros((), mats[0].dtype)))]
     for j in mats[1:]:
-        out.append(LogMatrix(*_normalize(j @ out[-1].matrix, out[-1].log_scale)))
+        out.append(LogMatrix(*normalize(j @ out[-1].matrix, out[-1].log_scale)))
     return tuple(out)
 
 
@@ -319,9 +229,9 @@ def _assoc(mats, mul, reverse):
     ``lax.associative_scan``, each partial product rescaled in log space."""
 
     def combine(a, b):
-        return _normalize(mul(a[0], b[0]), a[1] + b[1])
+        return normalize(mul(a[0], b[0]), a[1] + b[1])
 
-    init = _normalize(mats, jnp.zeros(mats.shape[0], mats.dtype))
+    init = normalize(mats, jnp.zeros(mats.shape[0], mats.dtype))
     return LogMatrix(*jax.lax.associative_scan(combine, init, reverse=reverse))
 
 
@@ -348,19 +258,19 @@ def output_products(
         # reversed: `a` holds the later layers' product, `b` the earlier ones'
         return _assoc(mats, lambda a, b: a @ b, reverse=True)
     if hasattr(mats, "shape"):
-        init = _normalize(mats[-1], jnp.zeros((), mats.dtype))
+        init = normalize(mats[-1], jnp.zeros((), mats.dtype))
 
         def body(carry, j):
-            out = _normalize(carry[0] @ j, carry[1])
+            out = normalize(carry[0] @ j, carry[1])
             return out, out
 
         _, (ms, ss) = jax.lax.scan(body, init, mats[:-1], reverse=True)
         return LogMatrix(
             jnp.concatenate([ms, init[0][None]]), jnp.concatenate([ss, init[1][None]])
         )
-    out = [LogMatrix(*_normalize(mats[-1], jnp.zeros((), mats[-1].dtype)))]
+    out = [LogMatrix(*normalize(mats[-1], jnp.zeros((), mats[-1].dtype)))]
     for j in reversed(mats[:-1]):
-        out.append(LogMatrix(*_normalize(out[-1].matrix @ j, out[-1].log_scale)))
+        out.append(LogMatrix(*normalize(out[-1].matrix @ j, out[-1].log_scale)))
     return tuple(out[::-1])
 
 

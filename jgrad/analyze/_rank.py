@@ -61,7 +61,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jgrad.analyze._products import safe_log
+from jgrad.analyze._logspace import safe_log
 
 # a look at the rank after this many blocks pulled, then as predicted (see module doc)
 FIRST_CHECK = 16

@@ -35,15 +35,16 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.analyze._precision import full_precision
-from jgrad.analyze._products import (
+from jgrad.analyze._logspace import (
     LogMatrix,
     accumulate_dtype,
-    log_singular_values,
-    output_products,
+    finite_shift,
+    safe_div,
     safe_log,
     vec_norm,
 )
+from jgrad.analyze._precision import full_precision
+from jgrad.analyze._products import log_singular_values, output_products
 from jgrad.rnn._cell import Cell, LSTMState, carry_like_step
 from jgrad.rnn._unroll import _validate
 
@@ -245,15 +246,15 @@ def rnn_grad_norms(
         # dL/ds_t = direct_t + (back-propagated part); combine in log space.
         nd = vec_norm(d_t)
         m = jnp.maximum(total_log, safe_log(nd))
-        m_safe = jnp.where(jnp.isfinite(m), m, 0.0)
+        m_safe = finite_shift(m)
         w = u * jnp.exp(
             jnp.where(jnp.isfinite(total_log), total_log - m_safe, -jnp.inf)
         )
         # d_t / m would overflow when m < log(tiny); scale the unit vector instead.
-        d_unit = d_t / jnp.where(nd > 0, nd, 1.0)
+        d_unit = safe_div(d_t, nd)
         w = w + d_unit * jnp.exp(jnp.where(nd > 0, safe_log(nd) - m_safe, -jnp.inf))
         nw = vec_norm(w)
-        u_t = jnp.where(nw > 0, w / jnp.where(nw > 0, nw, 1.0), w)
+        u_t = jnp.where(nw > 0, safe_div(w, nw), w)
         log_t = jnp.where(jnp.isfinite(m), m_safe + safe_log(nw), -jnp.inf)
         raw_t = raw + d_t
         out = (log_t, vec_norm(raw_t), jnp.all(raw_t == 0))
@@ -261,7 +262,7 @@ def rnn_grad_norms(
         _, pull = jax.vjp(lambda s: f(s, xp_t), s_prev_t)
         (v,) = pull(u_t)
         nv = vec_norm(v)
-        u_prev = jnp.where(nv > 0, v / jnp.where(nv > 0, nv, 1.0), v)
+        u_prev = jnp.where(nv > 0, safe_div(v, nv), v)
         (raw_prev,) = pull(raw_t)
         return (u_prev, log_t + safe_log(nv), raw_prev), out
 

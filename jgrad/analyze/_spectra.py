@@ -11,10 +11,8 @@ from typing import Any
 import jax
 
 from jgrad import _checks
+from jgrad.analyze._logspace import SVD_WHERE
 from jgrad.analyze._precision import full_precision
-from jgrad.analyze._products import (
-    SVD_WHERE,
-)
 from jgrad.analyze._rank_sweep import compressed, compressible, rank_sweep
 from jgrad.analyze._segments import (
     per_block,

@@ -17,13 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgrad.analyze._precision import full_precision
-from jgrad.analyze._products import (
+from jgrad.analyze._logspace import (
     LogMatrix,
-    _normalize,
+    normalize,
     safe_log,
     svdvals,
 )
+from jgrad.analyze._precision import full_precision
 from jgrad.analyze._segments import (
     fold,
     per_block,
@@ -57,7 +57,7 @@ def output_sweep(
         A tuple of L :class:`LogMatrix`, entry l of shape ``(size(y), size(h_l))``.
     """
     ys, *_ = sweep(net, params, x, blocks, train, key, stateless(lambda m, s: (m, s)))
-    return tuple(LogMatrix(*_normalize(m, s)) for m, s in per_block(ys))
+    return tuple(LogMatrix(*normalize(m, s)) for m, s in per_block(ys))
 
 
 def sum_scale(m, s):

@@ -9,7 +9,7 @@ import pytest
 
 from jgrad import analyze, nn
 from jgrad.analyze._host_svd import host_svdvals
-from jgrad.analyze._products import LogMatrix
+from jgrad.analyze._logspace import LogMatrix
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -130,7 +130,7 @@ def test_host_svdvals_derivatives_are_the_device_svds(rng):
 
 
 def test_auto_takes_the_host_for_large_matrices_with_the_same_values(getkey):
-    from jgrad.analyze._products import HOST_SVD_MIN, svd_where
+    from jgrad.analyze._logspace import HOST_SVD_MIN, svd_where
 
     host = "device" if jax.default_backend() == "tpu" else "host"
     assert svd_where("auto", (3, HOST_SVD_MIN, HOST_SVD_MIN + 5)) == host
