@@ -3,8 +3,8 @@
 Back-propagation multiplies the output cotangent by one layer Jacobian after another; in a
 vanishing regime the product drops below float32's smallest number (about 1e-45) and plain
 ``jax.grad`` returns exact zeros. Here the cotangent is divided by its norm after every layer
-and the log of that norm is kept, which is exact because each vector-Jacobian product is
-linear in the cotangent: ``log ||g_k|| = sum_{j>k} log ||vjp_j(g_j / ||g_j||)||``.
+and the log10 of that norm is kept, which is exact because each vector-Jacobian product is
+linear in the cotangent: ``log10 ||g_k|| = sum_{j>k} log10 ||vjp_j(g_j / ||g_j||)||``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jgrad import _checks
 from jgrad.analyze._logspace import safe_div, vec_norm
+from jgrad.analyze._network import as_layers, resolve_net
 from jgrad.analyze._precision import full_precision
-from jgrad.nn._layer import Layer
+from jgrad.nn._layer import Layer, split_keys
 
 __all__ = ["GradFlow", "layer_grad_norms", "net_layers"]
 
@@ -26,7 +28,7 @@ class GradFlow(NamedTuple):
     """Gradient norms at every layer output of one backward pass.
 
     Index k = 0 is the input h_0 = x; k >= 1 is the output h_k of layer k (``len(layers)+1``
-    entries).
+    entries). Logs are base 10, as the fields' names say.
 
     Attributes:
         log10_norm: (K+1,) log10 ||dL/dh_k|| (Frobenius norm over the whole input batch),
@@ -53,24 +55,14 @@ class GradFlow(NamedTuple):
 
 
 def net_layers(net: Layer | tuple | list) -> tuple[Layer, ...]:
-    """The layers of a network: ``net.layers`` for ``serial``, a sequence as given, else
-    ``(net,)``.
+    """The layers of a network, as every analyzer reads them: a ``serial`` network's
+    ``info.layers``, a sequence's items (flax modules and functions ``fn(params, x)``
+    wrapped as Layers), else ``(net,)``.
 
     Raises:
-        ValueError: if ``net`` is neither a Layer nor a sequence of Layers.
+        ValueError: if ``net`` is none of these.
     """
-    if isinstance(net, Layer):
-        return tuple(getattr(net, "layers", (net,)))
-    if (
-        isinstance(net, (tuple, list))
-        and net
-        and all(isinstance(x, Layer) for x in net)
-    ):
-        return tuple(net)
-    raise ValueError(
-        f"`net` must be a jgrad.nn.Layer or a non-empty sequence of Layers, got "
-        f"{type(net).__name__}. Build it with jgrad.nn.serial(...) or jgrad.nn.mlp(...)."
-    )
+    return as_layers(net)[0]
 
 
 @full_precision
@@ -86,8 +78,9 @@ def layer_grad_norms(
     """Gradient norms ||dL/dh_k|| at every layer output, in log space.
 
     Args:
-        net: a ``serial`` network (or a sequence of Layers, or a single Layer).
-        params: its params (a tuple, one entry per layer).
+        net: a ``serial`` network, a single Layer, or a sequence of Layers, flax
+            ``linen.Module``s and functions ``fn(params, x)``.
+        params: its params (a tuple, one entry per layer; a single Layer's own params).
         x: the input, one example or a batch (the network's apply must accept it; a batch is
             needed for batch norm in train mode).
         loss_fn: ``loss_fn(y) -> scalar`` on the network output (close over targets).
@@ -106,17 +99,9 @@ def layer_grad_norms(
         >>> bool(flow.underflow[0]), bool(flow.log10_norm[0] < -40)
         (True, True)
     """
-    layers = net_layers(net)
-    if len(params) != len(layers):
-        raise ValueError(
-            f"`params` must have one entry per layer ({len(layers)}), got {len(params)}. "
-            "Pass the params returned by net.init."
-        )
-    keys = (
-        [None] * len(layers)
-        if key is None
-        else list(jax.random.split(key, len(layers)))
-    )
+    layers, params, _ = resolve_net(net, params, blocks=False)
+    _checks.boolean("train", train)
+    keys = split_keys(key, len(layers))
     hs = [x]
     vjps = []
     for layer, p, k in zip(layers, params, keys, strict=True):

@@ -124,3 +124,21 @@ def test_params_length_checked(getkey):
     _, params = net.init(getkey(), (4,))
     with pytest.raises(ValueError, match="one entry per layer"):
         jgrad.analyze.layer_grad_norms(net, params[:-1], jnp.arange(1.0, 5.0), jnp.sum)
+    with pytest.raises(ValueError, match="`train` must be True or False"):
+        jgrad.analyze.layer_grad_norms(
+            net, params, jnp.arange(1.0, 5.0), jnp.sum, train="no"
+        )
+
+
+def test_net_forms_agree(getkey):
+    """A serial network, its layers as a sequence, and a single layer with its own params
+    resolve alike (one resolution for every analyzer)."""
+    net = nn.mlp(2, 4)
+    _, params = net.init(getkey(), (4,))
+    x = jnp.arange(1.0, 5.0)
+    whole = jgrad.analyze.layer_grad_norms(net, params, x, jnp.sum)
+    listed = jgrad.analyze.layer_grad_norms(list(net.layers), params, x, jnp.sum)
+    np.testing.assert_array_equal(whole.log10_norm, listed.log10_norm)
+    assert jgrad.analyze.net_layers(net) == net.layers
+    one = jgrad.analyze.layer_grad_norms(net.layers[0], params[0], x, jnp.sum)
+    assert one.log10_norm.shape == (2,)
