@@ -32,9 +32,15 @@ there, cause not established).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
+import itertools
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -120,6 +126,105 @@ def _gesdd_each(fn, flat: np.ndarray, out: np.ndarray, idx: np.ndarray) -> None:
             out[i] = np.nan  # no convergence: NaN, as XLA
 
 
+# LAPACK symbols with 32-bit integers, as SciPy's Cython LAPACK calls them (NumPy's own
+# OpenBLAS has 64-bit integers: ``scipy_sgesdd_64_``)
+_LP64_GESDD = ("sgesdd_", "scipy_sgesdd_")
+
+
+class _BlasLib(NamedTuple):
+    """A loaded BLAS library's thread-count getter and setter (process-wide)."""
+
+    path: str
+    get: Callable[[], int]
+    set: Callable[[int], object]
+
+
+def _openblas_lib(lib) -> _BlasLib | None:
+    """OpenBLAS's own getter and setter, called directly: threadpoolctl's
+    ``set_num_threads`` lets only the first thread that used it set OpenBLAS's threads
+    (others silently do nothing), and the callback runs on XLA's threads."""
+    try:
+        dll = ctypes.CDLL(lib.filepath)  # already loaded: the same handle
+    except OSError:
+        return None
+    for pre, suf in itertools.product(("", "scipy_"), ("", "64_", "_64")):
+        get = getattr(dll, f"{pre}openblas_get_num_threads{suf}", None)
+        put = getattr(dll, f"{pre}openblas_set_num_threads{suf}", None)
+        if get is not None and put is not None:
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            return _BlasLib(lib.filepath, get, put)
+    return None
+
+
+def _exports(path: str, names: tuple[str, ...]) -> bool:
+    try:
+        dll = ctypes.CDLL(path)
+    except OSError:
+        return False
+    return any(hasattr(dll, n) for n in names)
+
+
+@functools.cache
+def _route_blas() -> tuple[_BlasLib, ...]:
+    """The BLAS libraries our LAPACK route runs in, found once (threadpoolctl's scan of
+    the loaded libraries takes about 9 ms). SciPy's Cython LAPACK (32-bit integers)
+    links a library exporting ``sgesdd_`` or ``scipy_sgesdd_``: that one only, not
+    NumPy's 64-bit-integer OpenBLAS (``scipy_sgesdd_64_``), which the user's NumPy code
+    uses. NumPy's route: the libraries NumPy's LAPACK can be in, all loaded BLAS."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # a declared dependency; without it, no limit
+        return ()
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    if _GESDD[np.dtype(np.float32)] is not None:
+        mine = [lib for lib in libs if _exports(lib.filepath, _LP64_GESDD)]
+        libs = mine or libs
+    out = []
+    for lib in libs:
+        if lib.internal_api == "openblas":
+            found = _openblas_lib(lib)
+        else:  # MKL, BLIS, FlexiBLAS: no single-controller rule there
+            found = _BlasLib(lib.filepath, lambda lib=lib: lib.num_threads,
+                             lib.set_num_threads)  # fmt: skip
+        if found is not None:
+            out.append(found)
+    return tuple(out)
+
+
+_LIMIT_LOCK = threading.Lock()
+_LIMIT = {"depth": 0, "saved": ()}
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Runs the block with the BLAS library of the host LAPACK route on one thread, and
+    restores its thread count when the last such block (of any thread) has left.
+
+    The pool already gives each core one matrix: a threaded BLAS inside each ``?gesdd``
+    only adds threads that wait on each other (busy-waiting, on more threads than
+    cores). The count is process-wide, so it is set on entering the first block and
+    restored on leaving the last, counted under a lock (two callbacks may run at once).
+    """
+    libs = _route_blas()
+    with _LIMIT_LOCK:
+        if _LIMIT["depth"] == 0:
+            _LIMIT["saved"] = tuple(lib.get() for lib in libs)
+            for lib, n in zip(libs, _LIMIT["saved"], strict=True):
+                if n != 1:
+                    lib.set(1)
+        _LIMIT["depth"] += 1
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT["depth"] -= 1
+            if _LIMIT["depth"] == 0:
+                for lib, n in zip(libs, _LIMIT["saved"], strict=True):
+                    if n != 1:
+                        lib.set(n)
+
+
 def _svdvals_each(flat: np.ndarray, out: np.ndarray, idx: np.ndarray) -> None:
     """Fills ``out[idx]``; a matrix LAPACK rejects (NaN, inf, no convergence) gets NaN,
     as XLA's SVD returns for it, instead of an exception that would abort the program."""
@@ -145,19 +250,26 @@ def _np_svdvals(m) -> np.ndarray:
     out = np.empty((flat.shape[0], r), work.dtype)
     n = flat.shape[0]
     if n and r:
-        # below about 2^16 matrix entries in all, waking the pool costs more than it saves
-        parts = 1 if n * flat[0].size < 1 << 16 else min(n, os.cpu_count() or 1)
-        chunks = np.array_split(np.arange(n), parts)
-        # the calling thread takes the first chunk itself (one thread hand-off less:
-        # 5.44 against 5.63 ms for 16 graded 128 x 128 float32 matrices on 2 cores)
-        rest = []
-        if len(chunks) > 1:
-            pool = _pool()
-            rest = [pool.submit(_svdvals_each, flat, out, idx) for idx in chunks[1:]]
-        _svdvals_each(flat, out, chunks[0])
-        for fut in rest:
-            fut.result()
+        with one_blas_thread():
+            _svdvals_split(flat, out)
     return out.reshape(m.shape[:-2] + (r,)).astype(m.dtype, copy=False)
+
+
+def _svdvals_split(flat: np.ndarray, out: np.ndarray) -> None:
+    """Fills ``out`` with the values of ``flat``, split over the thread pool."""
+    n = flat.shape[0]
+    # below about 2^16 matrix entries in all, waking the pool costs more than it saves
+    parts = 1 if n * flat[0].size < 1 << 16 else min(n, os.cpu_count() or 1)
+    chunks = np.array_split(np.arange(n), parts)
+    # the calling thread takes the first chunk itself (one thread hand-off less:
+    # 5.44 against 5.63 ms for 16 graded 128 x 128 float32 matrices on 2 cores)
+    rest = []
+    if len(chunks) > 1:
+        pool = _pool()
+        rest = [pool.submit(_svdvals_each, flat, out, idx) for idx in chunks[1:]]
+    _svdvals_each(flat, out, chunks[0])
+    for fut in rest:
+        fut.result()
 
 
 @jax.custom_jvp

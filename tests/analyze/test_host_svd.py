@@ -151,3 +151,86 @@ def test_auto_takes_the_host_for_large_matrices_with_the_same_values(getkey):
     g_auto = jax.grad(loss)(xs[0], "auto")
     g_dev = jax.grad(loss)(xs[0], "device")
     np.testing.assert_allclose(g_auto, g_dev, rtol=1e-4, atol=1e-5)
+
+
+def _blas_threads():
+    """{library path: thread count} of every loaded BLAS, as threadpoolctl reads them."""
+    from threadpoolctl import threadpool_info
+
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+
+
+def test_host_lapack_runs_on_one_blas_thread_and_restores_the_count(rng, monkeypatch):
+    # Every ?gesdd call of the pool sees its BLAS on one thread (the pool gives each core
+    # a matrix; a threaded BLAS inside would oversubscribe the cores), NumPy's own BLAS
+    # untouched, and afterwards the count the user had (here 3, set before the call).
+    from jgrad.analyze import _host_svd
+
+    route = _host_svd._route_blas()
+    if not route:
+        pytest.skip("no BLAS library with a thread-count API found")
+    paths = {lib.path for lib in route}
+    prev = [lib.get() for lib in route]
+    for lib in route:
+        lib.set(3)
+    try:
+        before = _blas_threads()
+        assert all(before[p] == 3 for p in paths)
+        seen = []
+        each = _host_svd._svdvals_each
+
+        def spy(*args):
+            seen.append(_blas_threads())
+            return each(*args)
+
+        monkeypatch.setattr(_host_svd, "_svdvals_each", spy)
+        m = rng.standard_normal((8, 96, 96)).astype(np.float32)  # 2^16+ entries
+        got = jax.jit(host_svdvals)(jnp.asarray(m))
+        ref = np.linalg.svd(m.astype(np.float64), compute_uv=False)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.max())
+        assert len(seen) == min(8, os.cpu_count() or 1)  # every chunk checked
+        for during in seen:
+            assert all(during[p] == 1 for p in paths), during
+            others = {k: v for k, v in during.items() if k not in paths}
+            assert others == {k: v for k, v in before.items() if k not in paths}
+        assert _blas_threads() == before
+    finally:
+        for lib, n in zip(route, prev, strict=True):
+            lib.set(n)
+
+
+def test_one_blas_thread_restores_when_the_last_of_overlapping_blocks_leaves():
+    # Two callbacks can run at once: the first to enter saves the count, the last to
+    # leave restores it (a block that restored on its own exit would leave the other
+    # running threaded, or restore 1 for good).
+    import threading
+
+    from jgrad.analyze._host_svd import _route_blas, one_blas_thread
+
+    route = _route_blas()
+    if not route:
+        pytest.skip("no BLAS library with a thread-count API found")
+    prev = [lib.get() for lib in route]
+    for lib in route:
+        lib.set(2)
+    entered, release = threading.Event(), threading.Event()
+
+    def other():
+        with one_blas_thread():
+            entered.set()
+            release.wait(10)
+
+    try:
+        t = threading.Thread(target=other)
+        with one_blas_thread():
+            t.start()
+            assert entered.wait(10)
+        # this block has left, the other has not: still one thread
+        assert [lib.get() for lib in route] == [1] * len(route)
+        release.set()
+        t.join(10)
+        assert [lib.get() for lib in route] == [2] * len(route)
+    finally:
+        release.set()
+        for lib, n in zip(route, prev, strict=True):
+            lib.set(n)
