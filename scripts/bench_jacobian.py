@@ -17,12 +17,13 @@ For each (L, N, B) (depth, width, examples), in one run:
     callback for matrices of 128 x 128 and larger, off TPUs) and ``compress=True`` (the
     products carried in fewer rows once their numerical rank falls, from 48 blocks on);
     they are also timed with ``svd="device"`` (XLA's SVD) and ``compress=False``.
-(c) cheap summaries of every d y / d h_l: ``output_norm_estimates`` (shared block-Krylov
-    output space + tail Lanczos for the spectral norm, Hutch++ for the mean squared singular
-    value, the work tapered with depth) at the ``--settings`` given (by default its
-    defaults, and the earlier defaults that give every product every Krylov iteration and
-    every probe), and ``output_norms`` (explicit products, exact mean
-    squared singular value, warm-started Lanczos: the default and ``min_iters=2``); their time
+(c) cheap summaries of every d y / d h_l: ``output_norms(method="matrix_free")``
+    (shared block-Krylov output space + tail Lanczos for the spectral norm, Hutch++ for the
+    mean squared singular value, the work tapered with depth) at the ``--settings`` given
+    (by default its defaults, and the earlier defaults that give every product every Krylov
+    iteration and every probe), and ``output_norms`` (``method="exact"``: explicit products,
+    exact mean squared singular value, warm-started Lanczos: the default and
+    ``min_lanczos_steps=2``); their time
     over the naive all-layers time, and their accuracy against the exact values from (b).
 
 Times are medians of ``--repeats`` runs after a warm-up (compile time reported separately).
@@ -93,8 +94,17 @@ from jgrad.experiments._bench import (  # noqa: E402
 GRID = [(32, 256, 16), (128, 128, 16)]
 QUICK = [(4, 16, 2)]
 WEIGHT_VAR, BIAS_VAR = 1.5, 0.05
-# (c) settings: the first 5 to 7 of these output_norm_estimates arguments, ":"-separated
-SETTING_NAMES = ("rank", "power", "probes", "tail", "iters", "reach", "deep_probes")
+# (c) settings: the first 5 to 7 of these matrix-free output_norms arguments,
+# ":"-separated
+SETTING_NAMES = (
+    "block_size",
+    "krylov_steps",
+    "probes",
+    "lanczos_products",
+    "lanczos_steps",
+    "krylov_products",
+    "deep_probes",
+)
 
 
 def time_jit(fn, args, repeats, keep=None):
@@ -155,7 +165,7 @@ def float64_errors(spectra, net, params, xs):
 
 
 def rel_errors(est, ex_sn, ex_ms):
-    """Median and max relative errors of a NormEstimates against the exact values."""
+    """Median and max relative errors of an OutputNorms against the exact values."""
     sn = np.abs(np.expm1(np.asarray(est.log_spectral_norm - ex_sn)))
     ms = np.abs(np.expm1(np.asarray(est.log_mean_sq - ex_ms)))
     return {
@@ -201,8 +211,9 @@ def main(argv=None):
     ap.add_argument(
         "--settings",
         default="8:2:24:8:6:32:4,8:2:24:12:6:128:4",
-        help="(c) output_norm_estimates settings to time, comma-separated "
-        "RANK:POWER:PROBES:TAIL:ITERS[:REACH[:DEEP_PROBES]] (the first is the default "
+        help="(c) matrix-free output_norms settings to time, comma-separated "
+        "BLOCK_SIZE:KRYLOV_STEPS:PROBES:LANCZOS_PRODUCTS:LANCZOS_STEPS"
+        "[:KRYLOV_PRODUCTS[:DEEP_PROBES]] (the first is the default "
         "one, the second the earlier defaults: every product gets every iteration)",
     )
     ap.add_argument("--out", default="runs/bench_jacobian.json")
@@ -223,8 +234,9 @@ def main(argv=None):
             f.isdigit() for f in fields
         ):
             ap.error(
-                "--settings must be comma-separated RANK:POWER:PROBES:TAIL:ITERS"
-                f"[:REACH[:DEEP_PROBES]] integers, got {setting!r}; for example "
+                "--settings must be comma-separated BLOCK_SIZE:KRYLOV_STEPS:PROBES:"
+                "LANCZOS_PRODUCTS:LANCZOS_STEPS[:KRYLOV_PRODUCTS[:DEEP_PROBES]] "
+                f"integers, got {setting!r}; for example "
                 "8:2:24:8:6:32:4"
             )
     set_precision(args.precision)
@@ -347,29 +359,31 @@ def main(argv=None):
         for i, setting in enumerate(args.settings.split(",")):
             names = SETTING_NAMES[: len(setting.split(":"))]
             kw = dict(zip(names, (int(v) for v in setting.split(":")), strict=True))
-            name = f"c: jgrad output_norm_estimates {setting}"
+            name = f"c: jgrad output_norms matrix_free {setting}"
             res[name], est = time_jit(
                 jax.vmap(
-                    lambda x, k, kw=kw: analyze.output_norm_estimates(
-                        net, params, x, k, **kw
+                    lambda x, k, kw=kw: analyze.output_norms(
+                        net, params, x, method="matrix_free", probe_key=k, **kw
                     )
                 ),
                 (xs, keys),
                 args.repeats,
                 keep=est_prog if i == 0 else None,
             )
-            accuracy[f"estimates {setting} ({':'.join(names)})"] = rel_errors(
+            accuracy[f"matrix_free {setting} ({':'.join(names)})"] = rel_errors(
                 est, ex_sn, ex_ms
             )
         # output_norms: explicit products, exact mean sq., warm-started Lanczos (the
-        # default: 8 to 16 steps a product; min_iters=2: the fast setting)
+        # default: 8 to 16 steps a product; min_lanczos_steps=2: the fast setting)
         for label, kw in (
             ("Lanczos 8-16 steps", {}),
-            ("min_iters=2", {"min_iters": 2}),
+            ("min_lanczos_steps=2", {"min_lanczos_steps": 2}),
         ):
             res[f"c: jgrad output_norms ({label})"], est = time_jit(
                 jax.vmap(
-                    lambda x, k, kw=kw: analyze.output_norms(net, params, x, k, **kw)
+                    lambda x, k, kw=kw: analyze.output_norms(
+                        net, params, x, probe_key=k, **kw
+                    )
                 ),
                 (xs, keys),
                 args.repeats,

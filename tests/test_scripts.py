@@ -46,8 +46,8 @@ def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
         "a: naive JAX jacrev+svd",
         "a: jgrad input_output_spectrum",
         "b: jgrad output_spectra",
-        "c: jgrad output_norm_estimates 8:2:24:8:6:32:4",
-        "c: jgrad output_norm_estimates 8:2:24:12:6:128:4",
+        "c: jgrad output_norms matrix_free 8:2:24:8:6:32:4",
+        "c: jgrad output_norms matrix_free 8:2:24:12:6:128:4",
     } <= impls
     acc = next(r for r in data["rows"] if r["impl"] == "accuracy")
     # (a) is the same spectrum as the naive computation.
@@ -59,11 +59,14 @@ def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
     assert max(acc["a_err_vs_float64"].values()) < 1e-3
     # 16-wide outputs and a shared space of 8 x 3 directions: the whole space, exact.
     c = acc["c_accuracy"]
-    names = "rank:power:probes:tail:iters:reach:deep_probes"
+    names = (
+        "block_size:krylov_steps:probes:lanczos_products:lanczos_steps:"
+        "krylov_products:deep_probes"
+    )
     for setting in ("8:2:24:8:6:32:4", "8:2:24:12:6:128:4"):
-        assert c[f"estimates {setting} ({names})"]["sn_rel_err_max"] < 1e-3
+        assert c[f"matrix_free {setting} ({names})"]["sn_rel_err_max"] < 1e-3
     # output_norms' mean squared singular value is exact.
-    for label in ("Lanczos 8-16 steps", "min_iters=2"):
+    for label in ("Lanczos 8-16 steps", "min_lanczos_steps=2"):
         assert c[f"output_norms ({label}, exact mean sq.)"]["ms_rel_err_max"] < 1e-5
     assert "matmul peak" in capsys.readouterr().out
 

@@ -54,17 +54,15 @@ __all__ = [
     "unflatten_carry",
 ]
 
-from jgrad.analyze._estimates import NormEstimates as NormEstimates  # noqa: E402
-from jgrad.analyze._estimates import output_norm_estimates as output_norm_estimates  # noqa: E402
+from jgrad.analyze._norms import OutputNorms as OutputNorms  # noqa: E402
 from jgrad.analyze._norms import output_norms as output_norms  # noqa: E402
 from jgrad.analyze._spectra import input_output_spectrum as input_output_spectrum  # noqa: E402
 from jgrad.analyze._spectra import output_spectra as output_spectra  # noqa: E402
 from jgrad.analyze._sweep import output_sweep as output_sweep  # noqa: E402
 
 __all__ += [
-    "NormEstimates",
+    "OutputNorms",
     "input_output_spectrum",
-    "output_norm_estimates",
     "output_norms",
     "output_spectra",
     "output_sweep",

@@ -1,4 +1,9 @@
-"""Lanczos kernels over explicit products and over chains of linear maps."""
+"""Lanczos kernels for the top eigenvalue of ``P^T P`` or ``P P^T``: over a chain of
+linear maps (:func:`lanczos_top`, every product of a sub-network at once, a fixed number
+of steps) and over an explicit matrix (:func:`lanczos_left`, to a residual tolerance).
+Both take their steps by :func:`recurrence_step` and read their Ritz values off
+:func:`tridiagonal`; small tridiagonal eigenproblems are solved by :func:`top2` (closed
+form) or :func:`top_eig` (no LAPACK call inside a loop)."""
 
 from __future__ import annotations
 
@@ -20,8 +25,7 @@ def top_eig(g, squarings=3, powers=8):
     quotient lies in [lambda_2, lambda_1] and is within about
     lambda_1 (lambda_j / lambda_1)^72 of lambda_1 for every other eigenvalue lambda_j:
     exact to float precision unless the top eigenvalues are nearly equal, and then close
-    to lambda_1 anyway. (Six squarings cost twice as much for the same power: 19 against
-    about 9 ms for 2048 24 x 24 matrices on 2 CPU cores.)"""
+    to lambda_1 anyway."""
     tiny = jnp.finfo(g.dtype).tiny
     m = g / jnp.maximum(jnp.trace(g), tiny)
     for _ in range(squarings):
@@ -36,7 +40,43 @@ def top_eig(g, squarings=3, powers=8):
 
 
 def unit(v):
+    """``v`` over its Euclidean norm."""
     return v / jnp.linalg.norm(v)
+
+
+def norm2(v):
+    """Euclidean norm over the last axis of vectors whose entries are O(1) (no
+    rescaling pass)."""
+    return jnp.sqrt(jnp.sum(v * v, axis=-1))
+
+
+def tridiagonal(diag, off):
+    """The symmetric tridiagonal matrix (k, k) with diagonal ``diag`` (k,) and off-diagonal
+    ``off`` (k - 1,): the Lanczos matrix ``T`` whose eigenvalues are the Ritz values."""
+    return jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1)
+
+
+def recurrence_step(aq, alpha, q, q_prev, beta_prev, basis, passes):
+    """One step of the Lanczos three-term recurrence with full re-orthogonalisation.
+
+    From ``aq = A q`` and ``alpha = q^T A q``: the residual
+    ``w = A q - alpha q - beta_prev q_prev``, projected ``passes`` times off the rows of
+    ``basis`` (rows not yet filled are zero and project out nothing), its norm ``beta``
+    (the next off-diagonal entry of T) and ``w / beta``, the next Lanczos vector (0 once
+    the Krylov space is exhausted, ``beta = 0``).
+
+    Shapes: ``aq``, ``q``, ``q_prev`` (..., n); ``alpha``, ``beta_prev`` (...);
+    ``basis`` (..., k, n): a leading batch of independent runs, vectorised.
+
+    Returns:
+        (beta (...), next Lanczos vector (..., n)).
+    """
+    w = aq - alpha[..., None] * q - beta_prev[..., None] * q_prev
+    for _ in range(passes):
+        coef = jnp.einsum("...kn,...n->...k", basis, w)
+        w = w - jnp.einsum("...k,...kn->...n", coef, basis)
+    beta = norm2(w)
+    return beta, w / jnp.where(beta > 0, beta, 1.0)[..., None]
 
 
 def _push_fwd(maps, vs, logs, start):
@@ -81,16 +121,17 @@ def _pull_back(maps, us, logs):
     return res, jnp.stack(res_log)
 
 
-def lanczos_top(maps, qs, log_c, iters, dtype):
-    """Top Ritz value of P_l^T P_l / exp(log_c_l) for every l of the sub-network ``maps``
-    (single Blocks; products to its output), after ``iters`` Lanczos steps from the start
-    vectors ``qs``.
+def lanczos_top(maps, qs, log_c, steps, dtype):
+    """Top Ritz value of ``P_l^T P_l / exp(log_c_l)`` for every l of the sub-network
+    ``maps`` (single Blocks; ``P_l`` the product from h_l to its output), after ``steps``
+    Lanczos steps from the start vectors ``qs`` (a list, (size(h_l),) each), fully
+    re-orthogonalised (two passes a step). A lower bound on the top eigenvalue, exact
+    once ``steps`` reaches size(h_l).
 
-    The sweeps are unrolled over the tail's blocks and triangular: the forward sweep adds
-    the vector of product l as it passes h_l, the backward sweep drops it there, so the
-    tail costs t (t + 1) block applications per step instead of the 2 t^2 of a scan that
-    carries a row per product throughout (measured: 34 against 46 ms at L = 32,
-    N = 256)."""
+    The sweeps are unrolled over the blocks and triangular: the forward sweep adds the
+    vector of product l as it passes h_l, the backward sweep drops it there, so L
+    products cost L (L + 1) block applications per step instead of the 2 L^2 of a scan
+    that carries a row per product throughout. Returns (L,)."""
     L = len(maps)
     sizes = [q.shape[0] for q in qs]
     n_max = max(sizes)
@@ -108,46 +149,31 @@ def lanczos_top(maps, qs, log_c, iters, dtype):
         scale = jnp.exp(bwd_log[:, 0] - log_c)
         return stack([b[0] for b in bwd]) * scale[:, None]
 
-    # Lanczos with full re-orthogonalisation, the iterations in a fori_loop so that the
-    # sweeps are traced once (compile time independent of `iters`).
+    # the steps in a fori_loop, so that the sweeps are traced once (compile time
+    # independent of `steps`)
     def body(it, state):
-        basis, cur, prev, beta, alphas, betas = state  # basis (L, iters, n_max)
+        basis, cur, prev, beta, alphas, betas = state  # basis (L, steps, n_max)
         w = apply_a(cur)
         alpha = jnp.sum(w * cur, axis=-1)
-        w = w - alpha[:, None] * cur - beta[:, None] * prev
-        # basis rows not yet filled are zero and project out nothing
-        for _ in range(2):
-            w = w - jnp.einsum("lk,lkn->ln", jnp.einsum("lkn,ln->lk", basis, w), basis)
-        beta_new = jnp.linalg.norm(w, axis=-1)
-        nxt = w / jnp.where(beta_new > 0, beta_new, 1.0)[:, None]
-        i = jnp.minimum(it + 1, iters - 1)
-        basis = basis.at[:, i].set(jnp.where(it + 1 < iters, nxt, basis[:, -1]))
+        beta_new, nxt = recurrence_step(w, alpha, cur, prev, beta, basis, passes=2)
+        i = jnp.minimum(it + 1, steps - 1)
+        basis = basis.at[:, i].set(jnp.where(it + 1 < steps, nxt, basis[:, -1]))
         alphas = alphas.at[it].set(alpha)
         betas = betas.at[it].set(beta_new)
         return basis, nxt, cur, beta_new, alphas, betas
 
     q0 = stack(qs)
     state = (
-        jnp.zeros((L, iters, n_max), dtype).at[:, 0].set(q0),
+        jnp.zeros((L, steps, n_max), dtype).at[:, 0].set(q0),
         q0,
         jnp.zeros_like(q0),
         jnp.zeros((L,), dtype),
-        jnp.zeros((iters, L), dtype),
-        jnp.zeros((iters, L), dtype),
+        jnp.zeros((steps, L), dtype),
+        jnp.zeros((steps, L), dtype),
     )
-    *_, alphas, betas = jax.lax.fori_loop(0, iters, body, state)
-    off = betas[:-1].T  # (L, iters-1)
-    t = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(
-        alphas.T, off
-    )
-    top = jnp.linalg.eigvalsh(t)[:, -1]
-
-    return top
-
-
-def norm2(v):
-    """Euclidean norm of a vector whose entries are O(1) (no rescaling pass)."""
-    return jnp.sqrt(jnp.sum(v * v))
+    *_, alphas, betas = jax.lax.fori_loop(0, steps, body, state)
+    t = jax.vmap(tridiagonal)(alphas.T, betas[:-1].T)  # (L, steps, steps)
+    return jnp.linalg.eigvalsh(t)[:, -1]
 
 
 def top2(alphas, betas):
@@ -166,14 +192,15 @@ def top2(alphas, betas):
     return 0.5 * (a + c) + rad, v
 
 
-def lanczos_left(r, inv, u, min_iters, max_iters, tol):
+def lanczos_left(r, inv, u, min_steps, max_steps, residual_tol):
     """Lanczos on ``m m^T`` with ``m = r * inv`` (an explicit (ny, n) matrix and a
     positive scalar, so that ``m`` is never written out) from the unit vector ``u``
-    (ny,), fully re-orthogonalised, for ``min_iters`` steps and then until the top
-    Ritz pair's residual ``rho = ||m m^T y - theta y||`` (= beta_k |s_k|, free from the
-    recurrence) has ``rho^2 <= tol * theta^2``, or after ``max_iters`` steps, or when
-    the Krylov space is exhausted (theta's error is about ``rho^2 / gap``, gap the
-    distance to the next eigenvalue: about ``tol * theta`` for a well-separated top).
+    (ny,), fully re-orthogonalised (one pass a step), for ``min_steps`` steps and then
+    until the top Ritz pair's residual ``rho = ||m m^T y - theta y||`` (= beta_k |s_k|,
+    free from the recurrence) has ``rho^2 <= residual_tol * theta^2``, or after
+    ``max_steps`` steps, or when the Krylov space is exhausted (theta's error is about
+    ``rho^2 / gap``, gap the distance to the next eigenvalue: about
+    ``residual_tol * theta`` for a well-separated top).
     Returns (theta, the top Ritz value: a lower bound on sigma_max(m)^2, exact when the
     Krylov space holds the top left singular vector, and within ``rho`` of an
     eigenvalue of ``m m^T``; the next start vector, ``m m^T y`` normalised: one power
@@ -182,11 +209,11 @@ def lanczos_left(r, inv, u, min_iters, max_iters, tol):
     Each step is two passes over ``r``. The first steps are unrolled and tested in
     closed form; the rest run in a ``while_loop`` (which, under ``vmap``, runs until
     every example has converged, keeping a converged example's state as it is) on the
-    tridiagonal matrix padded to ``max_iters`` with zeros. That adds only zero
+    tridiagonal matrix padded to ``max_steps`` with zeros. That adds only zero
     eigenvalues (it is positive semi-definite), so its top eigenpair is that of the
     steps taken: by :func:`top_eig` for the test in each step (no LAPACK call per
     step), by ``eigh`` once at the end."""
-    k = min(max_iters, u.shape[0])
+    k = min(max_steps, u.shape[0])
     dtype = r.dtype
     idx = jnp.arange(k)
 
@@ -195,16 +222,16 @@ def lanczos_left(r, inv, u, min_iters, max_iters, tol):
         against (zero rows project out nothing)."""
         z = (q @ r) * inv  # m^T q
         alpha = jnp.sum(z * z)
-        w = (r @ z) * inv - alpha * q - beta_prev * q_prev  # m m^T q, orthogonalised
-        w = w - qs.T @ (qs @ w)  # re-orthogonalise
-        beta = norm2(w)
-        return alpha, beta, w / jnp.where(beta > 0, beta, 1.0)  # 0 once exhausted
+        beta, q_next = recurrence_step(
+            (r @ z) * inv, alpha, q, q_prev, beta_prev, qs, passes=1
+        )
+        return alpha, beta, q_next
 
     def converged(theta, beta, s_last):
         res = beta * s_last  # the Ritz pair's residual
-        return (res * res <= tol * theta * theta) | (beta == 0)
+        return (res * res <= residual_tol * theta * theta) | (beta == 0)
 
-    m0 = min(min_iters, k)
+    m0 = min(min_steps, k)
     qs, alphas, betas = [u], [], []
     q_prev, beta = jnp.zeros_like(u), jnp.zeros((), dtype)
     for _ in range(m0):  # unrolled: a step in the loop below costs about 1.5x more
@@ -216,14 +243,10 @@ def lanczos_left(r, inv, u, min_iters, max_iters, tol):
     if m0 <= 2:
         theta, vec = top2(alphas, betas[:-1])
     else:
-        off = jnp.stack(betas[:-1])
-        theta, vec = top_eig(
-            jnp.diag(jnp.stack(alphas)) + jnp.diag(off, 1) + jnp.diag(off, -1)
-        )
+        theta, vec = top_eig(tridiagonal(jnp.stack(alphas), jnp.stack(betas[:-1])))
 
-    def tridiag(al, be, i):  # T of the first i steps, padded with zeros
-        off = jnp.where(idx < i - 1, be, 0.0)[:-1]
-        return jnp.diag(al) + jnp.diag(off, 1) + jnp.diag(off, -1)
+    def padded_t(al, be, i):  # T of the first i steps, padded with zeros
+        return tridiagonal(al, jnp.where(idx < i - 1, be, 0.0)[:-1])
 
     def body(st):
         i, q, q_prev, beta_prev, basis, al, be, *_ = st
@@ -232,7 +255,7 @@ def lanczos_left(r, inv, u, min_iters, max_iters, tol):
         basis = basis.at[jnp.minimum(i + 1, k - 1)].set(
             jnp.where(i + 1 < k, q_next, basis[k - 1])
         )
-        theta, vec = top_eig(tridiag(al, be, i + 1))
+        theta, vec = top_eig(padded_t(al, be, i + 1))
         return (i + 1, q_next, q, beta, basis, al, be, theta, vec,
                 converged(theta, beta, vec[i]))  # fmt: skip
 
@@ -249,8 +272,8 @@ def lanczos_left(r, inv, u, min_iters, max_iters, tol):
         lambda st: (st[0] < k) & ~st[-1], body, st
     )
     # the final pair by eigh: top_eig's value is only within [lambda_2, lambda_1] of T
-    # when those nearly coincide (1.8e-4 low on a 12 x 30 Gaussian matrix)
-    lam, vecs = jnp.linalg.eigh(tridiag(al, be, i))
+    # when those nearly coincide
+    lam, vecs = jnp.linalg.eigh(padded_t(al, be, i))
     theta, vec = lam[-1], vecs[:, -1]
     y = vec @ jnp.where((idx < i)[:, None], basis, 0.0)  # the Ritz vector
     s_last = vec[jnp.maximum(i - 1, 0)]

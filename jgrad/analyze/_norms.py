@@ -1,27 +1,101 @@
-"""Exact spectral norm and mean squared singular value of every layer-to-output product
-from the explicit products of one sweep."""
+"""The spectral norm and mean squared singular value of every layer-to-output product
+``P_l = d y / d h_l``: :func:`output_norms`, exact (the explicit products of one sweep)
+or matrix-free (:mod:`jgrad.analyze._estimates`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.analyze._estimates import NormEstimates
+from jgrad.analyze._estimates import matrix_free_norms
 from jgrad.analyze._lanczos import lanczos_left, norm2, unit
-from jgrad.analyze._logspace import (
-    safe_log,
-)
+from jgrad.analyze._logspace import safe_log
 from jgrad.analyze._precision import full_precision
-from jgrad.analyze._segments import (
-    unchunk,
-)
+from jgrad.analyze._segments import unchunk
 from jgrad.analyze._sweep import sweep
 
-__all__ = ["output_norms"]
+__all__ = ["OutputNorms", "output_norms"]
+
+METHODS = ("exact", "matrix_free")
+
+# each method's options and their defaults (None: the method's default, or "auto")
+EXACT_DEFAULTS = {"min_lanczos_steps": 8, "max_lanczos_steps": 16, "residual_tol": 1e-4}
+MATRIX_FREE_DEFAULTS = {
+    "block_size": 8,
+    "krylov_steps": 2,
+    "probes": 24,
+    "krylov_products": None,
+    "lanczos_products": 8,
+    "lanczos_steps": 6,
+    "deep_probes": 4,
+}
+
+
+class OutputNorms(NamedTuple):
+    """Spectral norm and mean squared singular value of every ``P_l = d y / d h_l``.
+
+    Attributes:
+        log_spectral_norm: ``(L,)`` natural log of sigma_max(P_l), a Ritz value: a
+            lower bound (up to rounding), exact when the Krylov space holds the top
+            singular vectors.
+        log_mean_sq: ``(L,)`` natural log of ``tr(P_l P_l^T) / min(m, n)`` (the mean
+            squared singular value): exact from ``method="exact"``, an unbiased
+            Hutch++ estimate from ``method="matrix_free"``.
+        mean_sq_rel_err: ``(L,)`` the relative standard error of ``exp(log_mean_sq)``,
+            estimated from the probes' own spread (0 where exact).
+    """
+
+    log_spectral_norm: jax.Array
+    log_mean_sq: jax.Array
+    mean_sq_rel_err: jax.Array
+
+
+def _options(method, given):
+    """The chosen method's options with their defaults filled in; raises if an option
+    of the other method was given."""
+    own, other = (
+        (EXACT_DEFAULTS, MATRIX_FREE_DEFAULTS)
+        if method == "exact"
+        else (MATRIX_FREE_DEFAULTS, EXACT_DEFAULTS)
+    )
+    for name in other:
+        if given[name] is not None:
+            other_method = "matrix_free" if method == "exact" else "exact"
+            raise ValueError(
+                f"`{name}` is an option of method={other_method!r}, got "
+                f"{name}={given[name]!r} with method={method!r}. Drop it, or pass "
+                f"method={other_method!r}."
+            )
+    return {
+        name: default if given[name] is None else given[name]
+        for name, default in own.items()
+    }
+
+
+def _check_options(method, opts):
+    if method == "exact":
+        _checks.positive_int("min_lanczos_steps", opts["min_lanczos_steps"])
+        _checks.positive_int("max_lanczos_steps", opts["max_lanczos_steps"])
+        _checks.positive("residual_tol", opts["residual_tol"])
+        lo, hi = opts["min_lanczos_steps"], opts["max_lanczos_steps"]
+        if lo > hi:
+            raise ValueError(
+                f"`min_lanczos_steps` must be at most `max_lanczos_steps` ({hi}), got "
+                f"{lo}. Lower `min_lanczos_steps` or raise `max_lanczos_steps`."
+            )
+        return
+    _checks.positive_int("block_size", opts["block_size"])
+    _checks.non_negative_int("krylov_steps", opts["krylov_steps"])
+    _checks.positive_int("probes", opts["probes"])
+    if opts["krylov_products"] is not None:
+        _checks.positive_int("krylov_products", opts["krylov_products"])
+    _checks.non_negative_int("lanczos_products", opts["lanczos_products"])
+    _checks.positive_int("lanczos_steps", opts["lanczos_steps"])
+    _checks.positive_int("deep_probes", opts["deep_probes"])
 
 
 @full_precision
@@ -29,74 +103,163 @@ def output_norms(
     net: Any,
     params: Any,
     x: jax.Array,
-    key: jax.Array,
     *,
-    iters: int = 16,
-    min_iters: int = 8,
-    tol: float = 1e-4,
+    probe_key: jax.Array,
+    method: str = "exact",
+    min_lanczos_steps: int | None = None,
+    max_lanczos_steps: int | None = None,
+    residual_tol: float | None = None,
+    block_size: int | None = None,
+    krylov_steps: int | None = None,
+    probes: int | None = None,
+    krylov_products: int | None = None,
+    lanczos_products: int | None = None,
+    lanczos_steps: int | None = None,
+    deep_probes: int | None = None,
     blocks: bool = True,
     train: bool = False,
-    dropout_key: jax.Array | None = None,
-) -> NormEstimates:
-    """Spectral norm and EXACT mean squared singular value of every ``d y / d h_l``,
-    from ONE backward sweep.
+    key: jax.Array | None = None,
+) -> OutputNorms:
+    """Spectral norm and mean squared singular value of every ``P_l = d y / d h_l``.
 
-    The sweep forms every product ``P_l`` (as :func:`output_sweep`: the cost of one
-    ``jax.jacrev`` of the whole network) and summarises each as it is formed, so the L
-    products are never stored:
+    ``method="exact"`` (the default) forms every product ``P_l`` in ONE backward sweep
+    (as :func:`output_sweep`: the cost of one ``jax.jacrev`` of the whole network) and
+    summarises each as it is formed, so the L products are never stored:
 
     - mean squared singular value: exact, ``||P_l||_F^2 / min(m, n)``;
     - spectral norm: Lanczos on ``P_l P_l^T`` (matrix-vector products with the explicit
-      product, no SVD): ``min_iters`` steps, then on until the top Ritz pair's
-      residual is small (``tol``), or to ``iters`` steps. Each product's run starts
-      from the previous product's top Ritz vector, one power step on, plus a fresh
-      random vector orthogonal to it, in equal parts (the first from a random vector
-      drawn with ``key``). The warm half holds the top left singular vector when it
-      carries over (it converges as l decreases: it is set by the factors nearest the
-      output; Oseledets); the random half holds it when the top singular values cross
-      from one product to the next, which a warm start alone misses: started warm
-      only, with two steps, Lanczos settled on the second singular value (2.9% low) at
-      one product of a depth-32, width-256 tanh MLP.
+      product, no SVD): ``min_lanczos_steps`` steps, then on until the top Ritz pair's
+      residual is small (``residual_tol``), or to ``max_lanczos_steps`` steps. Each
+      product's run starts from the previous product's top Ritz vector, one power step
+      on, plus a fresh random vector orthogonal to it, in equal parts (the first from a
+      random vector drawn with ``probe_key``). The warm half holds the top left
+      singular vector when it carries over (it converges as l decreases: it is set by
+      the factors nearest the output; Oseledets); the random half holds it when the
+      top singular values cross from one product to the next, which a warm start alone
+      misses.
 
-    The spectral norm is a Ritz value: a lower bound (up to rounding), exact when the
-    Krylov space holds the top left singular vector. The stopping rule bounds the
-    distance to SOME eigenvalue of ``P P^T``, not to the largest: Lanczos can settle on
-    a lower one before the top one has grown in its space, which ``min_iters`` guards
-    against (8 steps: largest error 7.5e-4 at depth 32, width 256, and 1.8e-4 at depth
-    128, width 128; 6 steps: 6.4% at one product of the first). Accuracy against the
-    SVDs of :func:`output_spectra` and the time are measured in
-    ``scripts/bench_jacobian.py`` (docs/benchmarks.md). Needs memory for one product
-    (m x n per example); for very wide layers use the matrix-free
-    :func:`output_norm_estimates`.
+    The stopping rule bounds the distance to SOME eigenvalue of ``P P^T``, not to the
+    largest: Lanczos can settle on a lower one before the top one has grown in its
+    space, which ``min_lanczos_steps`` guards against. Needs memory for one product
+    (m x n per example).
+
+    ``method="matrix_free"`` forms no Jacobian or product, only sweeps of a few
+    vectors: a shared block-Krylov output subspace Q of
+    ``block_size * (krylov_steps + 1)`` directions over the ``krylov_products``
+    products nearest the output gives Rayleigh-Ritz spectral norms (lower bounds) and,
+    with ``probes`` Gaussian probes off Q, Hutch++ mean squares (unbiased, with their
+    standard error); the ``lanczos_products`` products nearest the output get
+    ``lanczos_steps`` Lanczos steps; the deeper products get ``block_size`` directions
+    chosen where the near products begin (rows pushed from the input and Ritz
+    directions) and ``deep_probes`` probes, in one more backward sweep. The steps are
+    listed in :mod:`jgrad.analyze._estimates`. Exact when
+    ``block_size * (krylov_steps + 1) >= size(y)``.
+
+    Both spectral norms are Ritz values: lower bounds (up to rounding). Accuracy
+    against the SVDs of :func:`output_spectra` and the time of both methods are
+    measured in ``scripts/bench_jacobian.py`` (docs/benchmarks.md).
 
     Args:
         net, params, x: as :func:`output_sweep` (one example).
-        key: PRNG key for the random start vectors.
-        iters: the most Lanczos steps per product, >= 1 (``min(iters, size(y))`` steps
-            span the whole output space: exact).
-        min_iters: the fewest, >= 1 and <= ``iters``.
-        tol: stop (after ``min_iters``) when the residual
+        probe_key: PRNG key for the random vectors: the exact method's Lanczos start
+            vectors; the matrix-free method's Krylov start block, pushed rows and
+            probes.
+        method: ``"exact"`` or ``"matrix_free"``.
+        min_lanczos_steps: exact: the fewest Lanczos steps per product, >= 1 and
+            <= ``max_lanczos_steps`` (None: 8).
+        max_lanczos_steps: exact: the most Lanczos steps per product, >= 1 (None:
+            16; ``min(max_lanczos_steps, size(y))`` steps span the whole output
+            space: exact).
+        residual_tol: exact: stop (after ``min_lanczos_steps``) when the residual
             ``rho = ||P P^T y - theta y||`` of the top Ritz pair (theta ~ sigma^2, y
-            unit) has ``rho^2 <= tol * theta^2``, > 0. Some eigenvalue of ``P P^T``
-            then lies within ``rho`` of theta, and within about ``rho^2 / gap`` when
-            theta approximates an eigenvalue a gap above the next.
+            unit) has ``rho^2 <= residual_tol * theta^2``, > 0 (None: 1e-4). Some
+            eigenvalue of ``P P^T`` then lies within ``rho`` of theta, and within about
+            ``rho^2 / gap`` when theta approximates an eigenvalue a gap above the next.
+        block_size: matrix-free: the block size of the shared Krylov space, >= 1
+            (None: 8).
+        krylov_steps: matrix-free: block Krylov iterations, >= 0 (None: 2; the space
+            has ``block_size * (krylov_steps + 1)`` directions).
+        probes: matrix-free: Hutchinson probes for the part of ``||P_l||_F^2`` off Q,
+            >= 1 (None: 24).
+        krylov_products: matrix-free: how many products nearest the output get all
+            ``krylov_steps`` and all ``probes`` (raised to ``lanczos_products`` if
+            below it), >= 1; None: every product for a network with residual blocks
+            (residual products stay near isometries, whose singular subspaces do not
+            settle with depth, which the deep products' shortcut assumes), else 32.
+        lanczos_products: matrix-free: how many products nearest the output Lanczos
+            refines, >= 0 (None: 8).
+        lanczos_steps: matrix-free: Lanczos steps for those, >= 1 (None: 6).
+        deep_probes: matrix-free: Hutchinson probes for the deeper products, >= 1
+            (None: 4; at most ``probes`` are used: they are the first near probes,
+            re-projected).
         blocks, train: as :func:`output_sweep`.
-        dropout_key: the dropout key for ``train=True``.
+        key: the dropout key for ``train=True``.
 
     Returns:
-        A :class:`NormEstimates` with ``mean_sq_rel_err`` all 0 (exact).
+        An :class:`OutputNorms`; from ``method="exact"`` its ``mean_sq_rel_err`` is all
+        0 (exact).
+
+    Raises:
+        ValueError: for an unknown ``method``, an option of the other method, an
+            option out of range, or ``probe_key`` None.
+
+    References:
+        Meyer, Musco, Musco & Woodruff 2021, "Hutch++: Optimal Stochastic Trace
+        Estimation", https://arxiv.org/abs/2010.09649; Musco & Musco 2015, "Randomized
+        Block Krylov Methods for Stronger and Faster Approximate Singular Value
+        Decomposition", https://arxiv.org/abs/1504.05477; Halko, Martinsson & Tropp
+        2011, "Finding Structure with Randomness", https://arxiv.org/abs/0909.4061.
     """
-    _checks.positive_int("iters", iters)
-    _checks.positive_int("min_iters", min_iters)
-    _checks.positive("tol", tol)
-    if min_iters > iters:
+    _checks.choice("method", method, METHODS)
+    if probe_key is None:
         raise ValueError(
-            f"`min_iters` must be at most `iters` ({iters}), got {min_iters}. Lower "
-            "`min_iters` or raise `iters`."
+            "`probe_key` must be a PRNG key, got None. Pass e.g. "
+            "probe_key=jax.random.key(0): both methods draw random vectors."
         )
+    _checks.boolean("blocks", blocks)
+    _checks.boolean("train", train)
+    given = dict(
+        min_lanczos_steps=min_lanczos_steps,
+        max_lanczos_steps=max_lanczos_steps,
+        residual_tol=residual_tol,
+        block_size=block_size,
+        krylov_steps=krylov_steps,
+        probes=probes,
+        krylov_products=krylov_products,
+        lanczos_products=lanczos_products,
+        lanczos_steps=lanczos_steps,
+        deep_probes=deep_probes,
+    )
+    opts = _options(method, given)
+    _check_options(method, opts)
+    if method == "exact":
+        return _exact_norms(
+            net, params, x, probe_key, blocks=blocks, train=train, key=key, **opts
+        )
+    return OutputNorms(
+        *matrix_free_norms(
+            net, params, x, probe_key, blocks=blocks, train=train, key=key, **opts
+        )
+    )
+
+
+def _exact_norms(
+    net,
+    params,
+    x,
+    probe_key,
+    *,
+    blocks,
+    train,
+    key,
+    min_lanczos_steps,
+    max_lanczos_steps,
+    residual_tol,
+):
+    """The exact method of :func:`output_norms` (arguments validated there)."""
 
     def init(m):
-        return unit(jax.random.normal(key, m.shape[:1], m.dtype)), key
+        return unit(jax.random.normal(probe_key, m.shape[:1], m.dtype)), probe_key
 
     def emit(r, inv, s, state):  # inside the sweep: freed once summarised
         # m = r * inv has sum|m| = 1: its squared Frobenius norm lies in [1 / size, 1]
@@ -106,12 +269,14 @@ def output_norms(
         g = jax.random.normal(kg, u.shape, u.dtype)
         g = g - jnp.vdot(g, u) * u  # a fresh random direction, orthogonal to u
         u = unit(u + g / jnp.maximum(norm2(g), jnp.finfo(u.dtype).tiny))
-        lam, u = lanczos_left(r, inv, u, min_iters, iters, tol)
+        lam, u = lanczos_left(
+            r, inv, u, min_lanczos_steps, max_lanczos_steps, residual_tol
+        )
         log_ms = 2 * s + jnp.log(fro2) - math.log(min(r.shape))
         return (s + 0.5 * safe_log(lam), log_ms), (u, k)
 
-    ys, *_ = sweep(net, params, x, blocks, train, dropout_key, emit, init)
+    ys, *_ = sweep(net, params, x, blocks, train, key, emit, init)
     sn, ms = unchunk(ys)
-    return NormEstimates(
+    return OutputNorms(
         log_spectral_norm=sn, log_mean_sq=ms, mean_sq_rel_err=jnp.zeros_like(ms)
     )

@@ -34,8 +34,10 @@ def _mlp_cases(getkey):
         [
             lambda x: analyze.input_output_spectrum(net, params, x),
             lambda x: analyze.output_spectra(net, params, x),
-            lambda x: analyze.output_norm_estimates(net, params, x, key),
-            lambda x: analyze.output_norms(net, params, x, key),
+            lambda x: analyze.output_norms(
+                net, params, x, method="matrix_free", probe_key=key
+            ),
+            lambda x: analyze.output_norms(net, params, x, probe_key=key),
             lambda x: analyze.log_singular_values(
                 analyze.layer_jacobians(net, params, x)
             ),

@@ -98,7 +98,7 @@ def test_every_sweep_is_the_same_with_and_without_runs(kw, getkey, monkeypatch):
     """Runs (lax.scan over stacked params, with the linearizations stored by the forward
     scan, and re-linearizing each block instead) against the unrolled per-block
     linearization, in float64: output_sweep, output_spectra,
-    input_output_spectrum, output_norms and output_norm_estimates (Lanczos tail across a
+    input_output_spectrum, output_norms exact and matrix-free (Lanczos tail across a
     run boundary, dropout keys stacked)."""
     with jax.enable_x64(True):
         net = nn.mlp(**kw)
@@ -110,23 +110,31 @@ def test_every_sweep_is_the_same_with_and_without_runs(kw, getkey, monkeypatch):
 
         def run_all(x):
             kws = dict(train=train, key=dkey) if train else {}
-            dks = dict(train=train, dropout_key=dkey) if train else {}
             return (
                 [p.value() for p in analyze.output_sweep(net, params, x, **kws)],
                 analyze.output_spectra(net, params, x, **kws),
                 analyze.input_output_spectrum(net, params, x, **kws),
-                analyze.output_norms(net, params, x, key, iters=4, min_iters=2, **dks),
-                analyze.output_norm_estimates(
+                analyze.output_norms(
                     net,
                     params,
                     x,
-                    key,
-                    rank=1,
-                    power=1,
+                    probe_key=key,
+                    max_lanczos_steps=4,
+                    min_lanczos_steps=2,
+                    **kws,
+                ),
+                analyze.output_norms(
+                    net,
+                    params,
+                    x,
+                    method="matrix_free",
+                    probe_key=key,
+                    block_size=1,
+                    krylov_steps=1,
                     probes=3,
-                    tail=4,
-                    iters=3,
-                    **dks,
+                    lanczos_products=4,
+                    lanczos_steps=3,
+                    **kws,
                 ),
             )
 
@@ -150,9 +158,9 @@ def test_every_sweep_is_the_same_with_and_without_runs(kw, getkey, monkeypatch):
 def test_program_size_does_not_grow_with_depth(getkey):
     """The program of the estimator (and of the exact spectra) has the same matrix
     products, loops and decompositions at depth 48 and 96 (both beyond the estimator's
-    default ``reach``, 32): the sweeps scan the repeated blocks, so compile time no
-    longer grows with depth (only the stacking of the params does, one operand per
-    layer)."""
+    default ``krylov_products``, 32): the sweeps scan the repeated blocks, so compile
+    time no longer grows with depth (only the stacking of the params does, one operand
+    per layer)."""
 
     def size(depth, fn):
         net = nn.mlp(depth, 8, activation="tanh")
@@ -163,8 +171,8 @@ def test_program_size_does_not_grow_with_depth(getkey):
         ops = ("stablehlo.dot_general", "stablehlo.while", "custom_call", "tanh")
         return [text.count(op) for op in ops]
 
-    est = lambda net, p, x: analyze.output_norm_estimates(  # noqa: E731
-        net, p, x, jax.random.key(0)
+    est = lambda net, p, x: analyze.output_norms(  # noqa: E731
+        net, p, x, method="matrix_free", probe_key=jax.random.key(0)
     )
     for fn in (est, analyze.output_spectra):
         small, big = size(48, fn), size(96, fn)

@@ -1,5 +1,6 @@
 """The JVP/VJP sweeps (output_sweep, output_spectra, input_output_spectrum,
-output_norm_estimates) against jax.jacrev, numpy SVD and the per-layer-Jacobian path."""
+output_norms and its steps) against jax.jacrev, numpy SVD and the per-layer-Jacobian
+path."""
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,12 @@ def _exact_norms(net, params, x):
     exact_sn = jnp.stack([s[0] for s in spectra])
     exact_ms = jnp.stack([analyze.spectrum_stats(s).log_mean_sq for s in spectra])
     return exact_sn, exact_ms
+
+
+def _matrix_free(net, params, x, probe_key, **kw):
+    return analyze.output_norms(
+        net, params, x, method="matrix_free", probe_key=probe_key, **kw
+    )
 
 
 def _sub(net, params, lo_layer):
@@ -165,7 +172,7 @@ def test_deep_float32_probe_scale_keeps_an_exploding_product(getkey):
 
 
 @pytest.mark.parametrize("in_dim,out_dim", [(5, None), (3, 2)])  # equal / mixed shapes
-def test_norm_estimates_are_exact_with_full_spaces(in_dim, out_dim, getkey):
+def test_matrix_free_norms_are_exact_with_full_spaces(in_dim, out_dim, getkey):
     with jax.enable_x64(True):
         net = nn.mlp(
             4, 5, activation="tanh", weight_var=2.0, bias_var=0.1, out_dim=out_dim
@@ -174,43 +181,55 @@ def test_norm_estimates_are_exact_with_full_spaces(in_dim, out_dim, getkey):
         params = _f64(params)
         x = jax.random.normal(getkey(), (in_dim,), jnp.float64)
         exact_sn, exact_ms = _exact_norms(net, params, x)
-        # rank * (power + 1) >= size(y): the shared space is the whole output space
-        est = analyze.output_norm_estimates(net, params, x, getkey())
+        # block_size * (krylov_steps + 1) >= size(y): the shared space is the whole
+        # output space
+        est = analyze.output_norms(
+            net, params, x, method="matrix_free", probe_key=getkey()
+        )
         np.testing.assert_allclose(
             est.log_spectral_norm, exact_sn, rtol=1e-8, atol=1e-8
         )
         np.testing.assert_allclose(est.log_mean_sq, exact_ms, rtol=1e-8, atol=1e-8)
         np.testing.assert_array_equal(est.mean_sq_rel_err, 0.0)
-        # a one-dimensional shared space, but Lanczos with iters = size on every product:
-        # the Ritz value is the top eigenvalue of P^T P exactly
-        est = analyze.output_norm_estimates(
-            net, params, x, getkey(), rank=1, power=0, tail=5, iters=5, probes=3
+        # a one-dimensional shared space, but Lanczos with lanczos_steps = size on
+        # every product: the Ritz value is the top eigenvalue of P^T P exactly
+        est = analyze.output_norms(
+            net,
+            params,
+            x,
+            method="matrix_free",
+            probe_key=getkey(),
+            block_size=1,
+            krylov_steps=0,
+            lanczos_products=5,
+            lanczos_steps=5,
+            probes=3,
         )
         np.testing.assert_allclose(
             est.log_spectral_norm, exact_sn, rtol=1e-8, atol=1e-8
         )
 
 
-def test_norm_estimates_accuracy_on_a_deep_tanh_net(getkey):
+def test_matrix_free_norms_accuracy_on_a_deep_tanh_net(getkey):
     net = nn.mlp(16, 64, activation="tanh", weight_var=1.5, bias_var=0.05)
     _, params = net.init(getkey(), (64,))
     x = jax.random.normal(getkey(), (64,))
     exact_sn, exact_ms = _exact_norms(net, params, x)
-    est = jax.jit(lambda k: analyze.output_norm_estimates(net, params, x, k))(getkey())
+    est = jax.jit(lambda k: _matrix_free(net, params, x, k))(getkey())
     # Ritz values are lower bounds; the defaults: within 2% here.
     assert bool(jnp.all(est.log_spectral_norm <= exact_sn + 1e-4))
     assert float(jnp.max(jnp.abs(jnp.expm1(est.log_spectral_norm - exact_sn)))) < 0.02
     assert float(jnp.max(jnp.abs(jnp.expm1(est.log_mean_sq - exact_ms)))) < 0.1
-    # without the shared space (rank 1, no Krylov iterations) the tail Lanczos alone
-    # still bounds from below
+    # without the shared space (block size 1, no Krylov iterations) the tail Lanczos
+    # alone still bounds from below
     low = jax.jit(
-        lambda k: analyze.output_norm_estimates(net, params, x, k, rank=1, power=0)
+        lambda k: _matrix_free(net, params, x, k, block_size=1, krylov_steps=0)
     )(getkey())
     assert bool(jnp.all(low.log_spectral_norm <= exact_sn + 1e-4))
     # Hutch++: unbiased; averaged over 200 probe sets its mean is within 4 standard
     # errors (its own reported standard error / sqrt(200)).
     f = jax.jit(
-        lambda k: analyze.output_norm_estimates(net, params, x, k, tail=0, probes=32)
+        lambda k: _matrix_free(net, params, x, k, lanczos_products=0, probes=32)
     )
     runs = jax.lax.map(f, jax.random.split(getkey(), 200))
     single = jnp.exp(runs.log_mean_sq - exact_ms[None])  # (200, L)
@@ -221,10 +240,10 @@ def test_norm_estimates_accuracy_on_a_deep_tanh_net(getkey):
     np.testing.assert_allclose(reported, jnp.std(single, axis=0), rtol=0.3)
 
 
-@pytest.mark.parametrize("power", [0, 1, 2, 3])
-def test_norm_estimates_depth_taper_is_unbiased_and_bounds_below(power, getkey):
-    """L = 24 > reach = 8: the 8 nearest products get all ``power`` iterations (over
-    those 8 blocks) and 24 probes; the 16 deeper ones ``rank`` directions chosen at
+@pytest.mark.parametrize("krylov_steps", [0, 1, 2, 3])
+def test_matrix_free_depth_taper_is_unbiased_and_bounds_below(krylov_steps, getkey):
+    """L = 24 > krylov_products = 8: the 8 nearest products get all ``krylov_steps``
+    (over those 8 blocks) and 24 probes; the 16 deeper ones ``block_size`` directions at
     the boundary (rows pushed from the input and Ritz directions of the first near
     product) and 6 of the near probes re-projected off those. Both groups' Hutch++
     stay unbiased (a probe projected off the wrong space would drop a part of
@@ -233,18 +252,18 @@ def test_norm_estimates_depth_taper_is_unbiased_and_bounds_below(power, getkey):
     _, params = net.init(getkey(), (48,))
     x = jax.random.normal(getkey(), (48,))
     exact_sn, exact_ms = _exact_norms(net, params, x)
-    kw = dict(power=power, reach=8, tail=4, deep_probes=6)
-    est = jax.jit(lambda k: analyze.output_norm_estimates(net, params, x, k, **kw))(
-        getkey()
+    kw = dict(
+        krylov_steps=krylov_steps, krylov_products=8, lanczos_products=4, deep_probes=6
     )
+    est = jax.jit(lambda k: _matrix_free(net, params, x, k, **kw))(getkey())
     assert bool(jnp.all(est.log_spectral_norm <= exact_sn + 1e-4))
-    if power:  # power 0: Q is the random start block (plain Hutchinson, 6 probes)
+    if krylov_steps:  # 0: Q is the random start block (plain Hutchinson, 6 probes)
         sn_err = jnp.abs(jnp.expm1(est.log_spectral_norm - exact_sn))
         assert float(jnp.max(sn_err)) < 0.05
         ms_err = jnp.abs(jnp.expm1(est.log_mean_sq - exact_ms))
         assert float(jnp.max(ms_err)) < 0.25
     f = jax.jit(
-        lambda k: analyze.output_norm_estimates(net, params, x, k, **{**kw, "tail": 0})
+        lambda k: _matrix_free(net, params, x, k, **{**kw, "lanczos_products": 0})
     )
     runs = jax.lax.map(f, jax.random.split(getkey(), 100))
     single = jnp.exp(runs.log_mean_sq - exact_ms[None])  # (100, L)
@@ -276,20 +295,20 @@ def test_bad_input(getkey):
         analyze.output_sweep(net, params[:-1], x)
     with pytest.raises(ValueError, match="`net`"):
         analyze.output_spectra("mlp", params, x)
-    with pytest.raises(ValueError, match="`iters`"):
-        analyze.output_norm_estimates(net, params, x, getkey(), iters=0)
+    with pytest.raises(ValueError, match="`lanczos_steps`"):
+        _matrix_free(net, params, x, getkey(), lanczos_steps=0)
     with pytest.raises(ValueError, match="`probes`"):
-        analyze.output_norm_estimates(net, params, x, getkey(), probes=-1)
-    with pytest.raises(ValueError, match="`rank`"):
-        analyze.output_norm_estimates(net, params, x, getkey(), rank=0)
-    with pytest.raises(ValueError, match="`power`.*non-negative integer"):
-        analyze.output_norm_estimates(net, params, x, getkey(), power=-1)
-    with pytest.raises(ValueError, match="`tail`"):
-        analyze.output_norm_estimates(net, params, x, getkey(), tail=1.5)
-    with pytest.raises(ValueError, match="`reach`"):
-        analyze.output_norm_estimates(net, params, x, getkey(), reach=0)
+        _matrix_free(net, params, x, getkey(), probes=-1)
+    with pytest.raises(ValueError, match="`block_size`"):
+        _matrix_free(net, params, x, getkey(), block_size=0)
+    with pytest.raises(ValueError, match="`krylov_steps`.*non-negative integer"):
+        _matrix_free(net, params, x, getkey(), krylov_steps=-1)
+    with pytest.raises(ValueError, match="`lanczos_products`"):
+        _matrix_free(net, params, x, getkey(), lanczos_products=1.5)
+    with pytest.raises(ValueError, match="`krylov_products`"):
+        _matrix_free(net, params, x, getkey(), krylov_products=0)
     with pytest.raises(ValueError, match="`deep_probes`"):
-        analyze.output_norm_estimates(net, params, x, getkey(), deep_probes=0)
+        _matrix_free(net, params, x, getkey(), deep_probes=0)
     assert jgrad.analyze.output_sweep(net, params, x)[0].matrix.shape == (4, 4)
 
 
@@ -300,7 +319,9 @@ def test_output_norms_exact_mean_square_and_lanczos_spectral_norm(getkey):
         params = _f64(params)
         x = jax.random.normal(getkey(), (6,), jnp.float64)
         norms = jax.jit(
-            lambda x, k: analyze.output_norms(net, params, x, k, iters=4, min_iters=4)
+            lambda x, k: analyze.output_norms(
+                net, params, x, probe_key=k, max_lanczos_steps=4, min_lanczos_steps=4
+            )
         )(x, getkey())
         _, hs = net.apply(params, x, return_intermediates=True)
         hs = (x,) + hs
@@ -320,7 +341,8 @@ def test_output_norms_exact_mean_square_and_lanczos_spectral_norm(getkey):
 
 
 def test_output_norms_on_a_deep_net_against_svd_of_jacrev(getkey):
-    """Depth 24, width 20 (more than ``iters``: Lanczos never spans the whole space),
+    """Depth 24, width 20 (more than ``max_lanczos_steps``: Lanczos never spans the
+    whole space),
     float64: the warm-started Lanczos of every product against numpy's SVD of
     jax.jacrev of the sub-network. A Ritz value never exceeds sigma_max, and the
     defaults (at least 8 steps, then to a 1e-4 residual) bring it within 1e-4."""
@@ -330,7 +352,7 @@ def test_output_norms_on_a_deep_net_against_svd_of_jacrev(getkey):
         _, params = net.init(getkey(), (n,))
         params = _f64(params)
         x = jax.random.normal(getkey(), (n,), jnp.float64)
-        norms = jax.jit(lambda x, k: analyze.output_norms(net, params, x, k))(
+        norms = jax.jit(lambda x, k: analyze.output_norms(net, params, x, probe_key=k))(
             x, getkey()
         )
         _, hs = net.apply(params, x, return_intermediates=True)
@@ -390,11 +412,38 @@ def test_lanczos_left_spans_the_space_and_stops_on_the_residual(rng):
         assert np.min(np.abs(ev - float(lam2))) <= 0.1 * float(lam2)
 
 
-def test_output_norms_min_iters_above_iters_is_a_clear_error(getkey):
+def test_output_norms_min_steps_above_max_steps_is_a_clear_error(getkey):
     net = nn.mlp(2, 4, activation="tanh")
     _, params = net.init(getkey(), (4,))
-    with pytest.raises(ValueError, match="min_iters"):
-        analyze.output_norms(net, params, jnp.ones(4), getkey(), iters=4, min_iters=6)
+    with pytest.raises(ValueError, match="min_lanczos_steps"):
+        analyze.output_norms(
+            net,
+            params,
+            jnp.ones(4),
+            probe_key=getkey(),
+            max_lanczos_steps=4,
+            min_lanczos_steps=6,
+        )
+
+
+def test_output_norms_options_are_checked_before_tracing(getkey):
+    """An unknown method lists the options; an option of the other method, a missing
+    probe key or a non-boolean flag is a ValueError naming it."""
+    net = nn.mlp(2, 4, activation="tanh")
+    _, params = net.init(getkey(), (4,))
+    x = jax.random.normal(getkey(), (4,))
+    with pytest.raises(ValueError, match=r"`method`.*\['exact', 'matrix_free'\]"):
+        analyze.output_norms(net, params, x, probe_key=getkey(), method="lanczos")
+    with pytest.raises(ValueError, match="`block_size` is an option of.*matrix_free"):
+        analyze.output_norms(net, params, x, probe_key=getkey(), block_size=4)
+    with pytest.raises(ValueError, match="`residual_tol` is an option of.*exact"):
+        _matrix_free(net, params, x, getkey(), residual_tol=1e-3)
+    with pytest.raises(ValueError, match="`probe_key`"):
+        analyze.output_norms(net, params, x, probe_key=None)
+    with pytest.raises(ValueError, match="`residual_tol`"):
+        analyze.output_norms(net, params, x, probe_key=getkey(), residual_tol=0.0)
+    with pytest.raises(ValueError, match="`train`"):
+        analyze.output_norms(net, params, x, probe_key=getkey(), train=1)
 
 
 def test_top_eig_matches_numpy_and_never_exceeds_the_top(rng):
@@ -432,7 +481,9 @@ def test_a_dead_relu_layer_gives_minus_inf_not_nan(getkey):
         params = tuple(params)
         x = jax.random.normal(getkey(), (6,), jnp.float64)
         # 6 steps span the 6-wide output space: exact where the product is not zero
-        norms = analyze.output_norms(net, params, x, getkey(), iters=6, min_iters=6)
+        norms = analyze.output_norms(
+            net, params, x, probe_key=getkey(), max_lanczos_steps=6, min_lanczos_steps=6
+        )
         spectra = analyze.output_spectra(net, params, x)
         _, hs = net.apply(params, x, return_intermediates=True)
         hs = (x,) + hs
@@ -493,7 +544,7 @@ def test_deep_push_spans_the_deepest_products_top_subspace(depth, getkey):
     with depth, 0.9995 at depth 24 here). At depth 200 the third singular
     value is 2e-7 of the first: rows only renormalised at every block lose that
     direction in float32, the QR every REORTH blocks keeps it."""
-    from jgrad.analyze import _estimates, _segments
+    from jgrad.analyze import _row_sweeps, _segments
 
     net = nn.mlp(depth, 12, activation="tanh", weight_var=1.5, bias_var=0.05)
     _, params = net.init(getkey(), (12,))
@@ -505,20 +556,21 @@ def test_deep_push_spans_the_deepest_products_top_subspace(depth, getkey):
     u = np.linalg.svd(np.asarray(jac))[0][:, :3]
 
     def cosines(every):
-        z = np.asarray(_estimates._push_rows(segs, rows, every))
+        z = np.asarray(_row_sweeps.push_rows(segs, rows, every))
         np.testing.assert_allclose(z @ z.T, np.eye(3), atol=1e-5)
         return np.linalg.svd(u.T @ z.T, compute_uv=False)
 
-    assert np.min(cosines(_estimates.REORTH)) > (0.995 if depth == 24 else 0.9999)
+    assert np.min(cosines(_row_sweeps.REORTH)) > (0.995 if depth == 24 else 0.9999)
     if depth == 200:
         assert np.min(cosines(10**9)) < 0.99
 
 
-def test_norm_estimates_residual_networks_get_every_product(getkey):
-    """``reach=None`` (the default) gives a network with residual blocks ``reach = L``:
-    the deep products' shortcut assumes top singular subspaces that settle with depth,
-    and residual products stay near isometries. The default equals ``reach=L`` there and
-    is closer to the exact values than a short reach."""
+def test_matrix_free_residual_networks_get_every_product(getkey):
+    """``krylov_products=None`` (the default) gives a network with residual blocks
+    ``krylov_products = L``: the deep products' shortcut assumes top singular subspaces
+    that settle with depth, and residual products stay near isometries. The default
+    equals ``krylov_products=L`` there and is closer to the exact values than a smaller
+    value."""
     net = nn.mlp(
         40, 24, activation="tanh", weight_var=1.5, bias_var=0.05, residual=True
     )
@@ -529,12 +581,12 @@ def test_norm_estimates_residual_networks_get_every_product(getkey):
 
     def est(**kw):
         return jax.jit(
-            lambda k: analyze.output_norm_estimates(
-                net, params, x, k, rank=4, tail=4, **kw
+            lambda k: _matrix_free(
+                net, params, x, k, block_size=4, lanczos_products=4, **kw
             )
         )(key)
 
-    default, every, short = est(), est(reach=40), est(reach=8)
+    default, every, short = est(), est(krylov_products=40), est(krylov_products=8)
     np.testing.assert_array_equal(default.log_spectral_norm, every.log_spectral_norm)
     np.testing.assert_array_equal(default.log_mean_sq, every.log_mean_sq)
 
