@@ -112,7 +112,4 @@ def residual(block: Layer, scale: float = 1.0) -> Layer:
         new["block"] = bp
         return y, new
 
-    # Transitional: jgrad/analyze/_estimates.py's _has_residual still reads this
-    # attribute; delete the line when it walks the layer tree with jgrad.nn._layer.walk.
-    apply.kind = "residual"
     return Layer(init, apply, LayerInfo(kind="residual", block=block, scale=scale))
