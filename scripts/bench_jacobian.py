@@ -26,22 +26,26 @@ For each (L, N, B) (depth, width, examples), in one run:
     ``min_lanczos_steps=2``); their time
     over the naive all-layers time, and their accuracy against the exact values from (b).
 
-Times are medians of ``--repeats`` runs after a warm-up (compile time reported separately).
-(a) is also timed in ``3 * --repeats`` interleaved pairs with the naive JAX code, and the
-median of the pairs' ratios reported (``a_paired_ratio_naive``): on a shared machine the
-drift between two separately timed rows does not cancel, within a pair it does. (c)'s
-first setting is timed in ``--repeats`` pairs with the naive all-layers code
-(``c_paired_ratio_naive``). Both (a) spectra are also compared with float64
-(``a_err_vs_float64``: jacrev in float64 and NumPy's float64 SVD, the values above
-``1e-3 sigma_max``): on a GPU, jgrad's analyzers run their matmuls at full float32
+Every section is timed in interleaved rounds (``interleaved_times``): each round runs every
+implementation of the section once, the order reversed every other round, so each baseline
+is timed in alternation with jgrad; the table gives the median time, and the median over
+rounds of the per-round ratio to the naive JAX code (``ratio_naive``; ``ratio_torch`` to
+torch), on a shared machine the drift between two separately timed rows does not cancel,
+within a round it does. (a) runs ``3 * --repeats`` rounds, (b) and (c) ``--repeats``; compile
+time is reported separately, and one warm-up run precedes the rounds. The rows of (c) include
+the naive all-layers code, their ratio is to it (``c_paired_ratio_naive`` for the first
+setting); ``a_paired_ratio_naive`` is jgrad's (a) ratio. Both (a) spectra are also compared
+with float64 (``a_err_vs_float64``: jacrev in float64 and NumPy's float64 SVD, the values
+above ``1e-3 sigma_max``): on a GPU, jgrad's analyzers run their matmuls at full float32
 precision and naive JAX at JAX's default (TF32).
 
-``--blas-threads`` (default 1) sets ``OPENBLAS_NUM_THREADS`` before numpy and jax load, for
-every JAX case of the run, the naive baselines included. JAX's CPU SVD is LAPACK ``gesdd``
-from scipy's OpenBLAS, whose worker threads spin while XLA's own thread pool runs the
-matmuls: on a 2-core machine the SVD of 16 256 x 256 matrices takes 50-60 ms with
-OpenBLAS's default threads and 25-30 ms with one. ``--blas-threads default`` leaves the
-environment alone (what a user who never set it gets). torch sets its own threads.
+The run uses the environment it is given, as a user's program would: OpenBLAS's default
+thread count unless ``OPENBLAS_NUM_THREADS`` is set. (JAX's CPU LAPACK, behind
+``jnp.linalg.svd``/``qr``, and jgrad's host SVD are SciPy's OpenBLAS; jgrad runs its own host
+LAPACK calls on one BLAS thread, see ``jgrad.analyze._host_svd``.) ``--openblas-one-thread``
+sets ``OPENBLAS_NUM_THREADS=1`` before NumPy and JAX load, for every case of the run, the
+naive baselines included; the header and the JSON (``openblas_num_threads``) say which.
+torch sets its own threads.
 
     python scripts/bench_jacobian.py                  # the grid, writes runs/bench_jacobian.json
     python scripts/bench_jacobian.py --quick          # one small shape (a smoke run)
@@ -58,19 +62,11 @@ import os
 import sys
 import time
 
+ONE_THREAD_FLAG = "--openblas-one-thread"
 
-def _blas_threads(argv):
-    """The --blas-threads value, read before numpy/jax load (OpenBLAS reads it once)."""
-    for i, a in enumerate(argv):
-        if a.startswith("--blas-threads="):
-            return a.split("=", 1)[1]
-        if a == "--blas-threads" and i + 1 < len(argv):
-            return argv[i + 1]
-    return "1"
-
-
-if __name__ == "__main__" and _blas_threads(sys.argv[1:]) != "default":
-    os.environ["OPENBLAS_NUM_THREADS"] = _blas_threads(sys.argv[1:])
+if __name__ == "__main__" and ONE_THREAD_FLAG in sys.argv[1:]:
+    # OpenBLAS reads it once, when NumPy/SciPy load it
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 # imported after the OPENBLAS_NUM_THREADS setting above
 import jax  # noqa: E402
@@ -82,11 +78,15 @@ from jgrad import analyze  # noqa: E402
 from jgrad.analyze._host_svd import host_svdvals  # noqa: E402
 from jgrad.experiments._bench import (  # noqa: E402
     add_precision_arg,
+    blas_threads,
     device_label,
+    interleaved_times,
     matmul_gflops,
+    median_ratio,
     median_time,
     parse_shapes,
     set_precision,
+    summary,
     torch_device,
     write_results,
 )
@@ -107,43 +107,40 @@ SETTING_NAMES = (
 )
 
 
-def time_jit(fn, args, repeats, keep=None):
-    """(median seconds, IQR, compile seconds), the output; ``keep`` (a dict) gets the
-    compiled program under "compiled" (for :func:`paired_ratio`, without compiling
-    again)."""
+def time_jit(fn, args):
+    """Compiles ``fn`` for ``args``: ((a function running it on ``args`` and blocking,
+    compile seconds), its output)."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     comp = time.perf_counter() - t0
-    if keep is not None:
-        keep["compiled"] = compiled
-    t, iqr = median_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
-    return {"seconds": t, "iqr": iqr, "compile_seconds": comp}, compiled(*args)
+    return (lambda: jax.block_until_ready(compiled(*args)), comp), compiled(*args)
 
 
-def paired_ratio(f_base, f_new, args, reps, compiled=None):
-    """Median over ``reps`` interleaved runs of time(f_new) / time(f_base), the order
-    alternating: machine drift between two timed blocks cancels in each pair.
-    ``compiled``: the two programs, compiled already (then f_base, f_new are unused)."""
-    ca, cb = compiled or (jax.jit(fn).lower(*args).compile() for fn in (f_base, f_new))
-    jax.block_until_ready(ca(*args))
-    jax.block_until_ready(cb(*args))
-    ratios = []
-    for i in range(reps):
-        t = {}
-        for name, c in (("a", ca), ("b", cb)) if i % 2 == 0 else (("b", cb), ("a", ca)):
-            t0 = time.perf_counter()
-            jax.block_until_ready(c(*args))
-            t[name] = time.perf_counter() - t0
-        ratios.append(t["b"] / t["a"])
-    return float(np.median(ratios))
+def time_section(progs, base, rounds, torch_name=None):
+    """Times the section's programs ``{name: (run, compile seconds)}`` in ``rounds``
+    interleaved rounds: per name the median seconds, the IQR, and the medians over the
+    rounds of the ratios to ``base`` and ``torch_name``."""
+    times = interleaved_times({k: run for k, (run, _) in progs.items()}, rounds)
+    return {
+        name: {
+            **summary(ts),
+            "compile_seconds": progs[name][1],
+            "pairs": rounds,
+            "ratio_naive": median_ratio(times, name, base),
+            "ratio_torch": median_ratio(times, name, torch_name)
+            if torch_name
+            else None,
+        }
+        for name, ts in times.items()
+    }
 
 
 def fastest_svd(mats, repeats):
     """Seconds for the singular values of ``mats`` (K, n, n): XLA's SVD in one call and
     LAPACK on the host (``host_svdvals``), each timed; the smaller is the floor's."""
-    dev, _ = time_jit(lambda m: jnp.linalg.svd(m, compute_uv=False), (mats,), repeats)
-    host, _ = time_jit(host_svdvals, (mats,), repeats)
-    t = {"device": dev["seconds"], "host": host["seconds"]}
+    (dev, _), _ = time_jit(lambda m: jnp.linalg.svd(m, compute_uv=False), (mats,))
+    (host, _), _ = time_jit(host_svdvals, (mats,))
+    t = {"device": median_time(dev, repeats)[0], "host": median_time(host, repeats)[0]}
     return {"seconds": min(t.values()), **t}
 
 
@@ -176,7 +173,8 @@ def rel_errors(est, ex_sn, ex_ms):
     }
 
 
-def torch_case(params, xs, repeats, threads):
+def torch_case(params, xs, threads):
+    """torch.func's jacrev + svdvals as a function to time (None without torch)."""
     try:
         import torch
         from torch.func import jacrev, vmap
@@ -200,14 +198,18 @@ def torch_case(params, xs, repeats, threads):
             torch.cuda.synchronize()
         return out
 
-    t, iqr = median_time(run, repeats)
-    return {"seconds": t, "iqr": iqr, "compile_seconds": None}
+    return run, None
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one small shape")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="interleaved rounds of (b) and (c); (a) runs 3 times as many",
+    )
     ap.add_argument(
         "--settings",
         default="8:2:24:8:6:32:4,8:2:24:12:6:128:4",
@@ -218,10 +220,10 @@ def main(argv=None):
     )
     ap.add_argument("--out", default="runs/bench_jacobian.json")
     ap.add_argument(
-        "--blas-threads",
-        default="1",
-        help="OPENBLAS_NUM_THREADS for the run, or 'default' to leave it unset "
-        "(read at process start; see the module docstring)",
+        ONE_THREAD_FLAG,
+        action="store_true",
+        help="set OPENBLAS_NUM_THREADS=1 for the whole run, baselines included (by "
+        "default the environment is left as the user has it; see the module docstring)",
     )
     ap.add_argument(
         "--shapes", default=None, help="comma-separated L:N:B shapes (default the grid)"
@@ -246,9 +248,12 @@ def main(argv=None):
     threads = os.cpu_count() or 1
     peak = matmul_gflops(args.repeats)
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    if args.openblas_one_thread:
+        blas += f" ({ONE_THREAD_FLAG})"
     print(
         f"device {device_label()}; precision {args.precision}; float32 matmul peak "
         f"(XLA): {peak:.1f} GFLOP/s; torch threads {threads}; OPENBLAS_NUM_THREADS={blas}"
+        f"; BLAS threads at start {blas_threads()}"
     )
     rows = []
     for L, N, B in grid:
@@ -269,35 +274,31 @@ def main(argv=None):
                 x = layer.apply(p, x)
             return x
 
-        res = {}
+        res = {}  # section (a)'s programs: {name: (run, compile seconds)}
         # (a) input-output spectrum
         naive_io = lambda xs: jnp.linalg.svd(jax.vmap(jax.jacrev(f))(xs))  # noqa: E731
         jgrad_io = jax.vmap(lambda x: analyze.input_output_spectrum(net, params, x))
-        res["a: naive JAX jacrev+svd"], _ = time_jit(naive_io, (xs,), args.repeats)
+        res["a: naive JAX jacrev+svd"], _ = time_jit(naive_io, (xs,))
         res["a: naive JAX jacrev+svdvals"], _ = time_jit(
             lambda xs: jnp.linalg.svd(jax.vmap(jax.jacrev(f))(xs), compute_uv=False),
             (xs,),
-            args.repeats,
         )
-        tc = torch_case(params, xs, args.repeats, threads)
+        tc = torch_case(params, xs, threads)
+        torch_name = "a: torch.func jacrev+svdvals" if tc is not None else None
         if tc is not None:
-            res["a: torch.func jacrev+svdvals"] = tc
-        res["a: jgrad input_output_spectrum"], io = time_jit(
-            jgrad_io, (xs,), args.repeats
-        )
+            res[torch_name] = tc
+        res["a: jgrad input_output_spectrum"], io = time_jit(jgrad_io, (xs,))
         res["a: jgrad input_output_spectrum svd=device"], _ = time_jit(
             jax.vmap(
                 lambda x: analyze.input_output_spectrum(net, params, x, svd="device")
             ),
             (xs,),
-            args.repeats,
         )
         res["a: jgrad input_output_spectrum compress=False"], _ = time_jit(
             jax.vmap(
                 lambda x: analyze.input_output_spectrum(net, params, x, compress=False)
             ),
             (xs,),
-            args.repeats,
         )
         # SVD time of the actual Jacobians (SVD cost depends on the spectrum: random
         # Gaussian matrices take longer than these graded ones).
@@ -320,24 +321,22 @@ def main(argv=None):
                 out.append(jnp.linalg.svd(jac, compute_uv=False))
             return out
 
-        naive_b_prog = {}
-        res["b: naive JAX L x (jacrev+svdvals)"], _ = time_jit(
-            naive_all, (xs,), args.repeats, keep=naive_b_prog
-        )
-        res["b: jgrad output_spectra"], spectra = time_jit(
+        # (a) timed, interleaved with the naive JAX code
+        naive_a_name = "a: naive JAX jacrev+svd"
+        res = time_section(res, naive_a_name, 3 * args.repeats, torch_name)
+        res_b = {}
+        res_b["b: naive JAX L x (jacrev+svdvals)"], _ = time_jit(naive_all, (xs,))
+        res_b["b: jgrad output_spectra"], spectra = time_jit(
             jax.vmap(lambda x: analyze.output_spectra(net, params, x)),
             (xs,),
-            args.repeats,
         )
-        res["b: jgrad output_spectra svd=device"], _ = time_jit(
+        res_b["b: jgrad output_spectra svd=device"], _ = time_jit(
             jax.vmap(lambda x: analyze.output_spectra(net, params, x, svd="device")),
             (xs,),
-            args.repeats,
         )
-        res["b: jgrad output_spectra compress=False"], _ = time_jit(
+        res_b["b: jgrad output_spectra compress=False"], _ = time_jit(
             jax.vmap(lambda x: analyze.output_spectra(net, params, x, compress=False)),
             (xs,),
-            args.repeats,
         )
         mats_l = jax.jit(
             jax.vmap(
@@ -349,26 +348,30 @@ def main(argv=None):
         svd_l = fastest_svd(mats_l, args.repeats)
         floor_b = L * 2 * N**3 * B / peak / 1e9 + svd_l["seconds"]
 
+        naive_b_name = "b: naive JAX L x (jacrev+svdvals)"
+        naive_b_prog = res_b[naive_b_name]
+        res.update(time_section(res_b, naive_b_name, args.repeats))
+
         # (c) cheap summaries
         keys = jax.random.split(jax.random.key(4), B)
         exact = jnp.stack(spectra, axis=1)  # (B, L, N)
         ex_sn = exact[..., 0]
         ex_ms = analyze.spectrum_stats(exact).log_mean_sq
         accuracy = {}
-        est_prog = {}
+        res_c = {naive_b_name + " ": naive_b_prog}  # the baseline, timed again in (c)
+        first_c = None
         for i, setting in enumerate(args.settings.split(",")):
             names = SETTING_NAMES[: len(setting.split(":"))]
             kw = dict(zip(names, (int(v) for v in setting.split(":")), strict=True))
             name = f"c: jgrad output_norms matrix_free {setting}"
-            res[name], est = time_jit(
+            first_c = first_c or name
+            res_c[name], est = time_jit(
                 jax.vmap(
                     lambda x, k, kw=kw: analyze.output_norms(
                         net, params, x, method="matrix_free", probe_key=k, **kw
                     )
                 ),
                 (xs, keys),
-                args.repeats,
-                keep=est_prog if i == 0 else None,
             )
             accuracy[f"matrix_free {setting} ({':'.join(names)})"] = rel_errors(
                 est, ex_sn, ex_ms
@@ -379,18 +382,21 @@ def main(argv=None):
             ("Lanczos 8-16 steps", {}),
             ("min_lanczos_steps=2", {"min_lanczos_steps": 2}),
         ):
-            res[f"c: jgrad output_norms ({label})"], est = time_jit(
+            res_c[f"c: jgrad output_norms ({label})"], est = time_jit(
                 jax.vmap(
                     lambda x, k, kw=kw: analyze.output_norms(
                         net, params, x, probe_key=k, **kw
                     )
                 ),
                 (xs, keys),
-                args.repeats,
             )
             accuracy[f"output_norms ({label}, exact mean sq.)"] = rel_errors(
                 est, ex_sn, ex_ms
             )
+        res_c = time_section(res_c, naive_b_name + " ", args.repeats)
+        del res_c[naive_b_name + " "]
+        res.update(res_c)
+
         # consistency of (a) with the naive spectrum (top 10 log singular values)
         naive_sv = jnp.log(
             jax.jit(
@@ -411,21 +417,8 @@ def main(argv=None):
         # (jgrad's analyzers run at full float32 precision, naive JAX at TF32)
         a_err64 = float64_errors({"jgrad": io, "naive": naive_sv}, net, params, xs)
 
-        # (a) once more, interleaved with naive JAX (the ratio the target is about)
-        a_paired = paired_ratio(naive_io, jgrad_io, (xs,), 3 * args.repeats)
-        # (c)'s default estimator, interleaved with the naive all-layers code
-        nb_prog = naive_b_prog["compiled"]
-        c_paired = paired_ratio(
-            None,
-            None,
-            (xs, keys),
-            args.repeats,
-            compiled=(lambda xs, keys: nb_prog(xs), est_prog["compiled"]),
-        )
-
-        naive_a = res["a: naive JAX jacrev+svd"]["seconds"]
-        naive_b = res["b: naive JAX L x (jacrev+svdvals)"]["seconds"]
-        torch_a = tc["seconds"] if tc else None
+        a_paired = res["a: jgrad input_output_spectrum"]["ratio_naive"]
+        c_paired = res[first_c]["ratio_naive"]
         print(
             f"\ntanh MLP L={L} N={N} B={B} (weight_var {WEIGHT_VAR}, bias_var {BIAS_VAR}); "
             f"floor (a) {floor_a * 1e3:.1f} ms (SVD {svd_b['seconds'] * 1e3:.1f}: "
@@ -434,20 +427,23 @@ def main(argv=None):
             f"XLA {svd_l['device'] * 1e3:.1f}, host {svd_l['host'] * 1e3:.1f})"
         )
         print(
+            f"OPENBLAS_NUM_THREADS={blas}; /naive, /torch: medians over the rounds of "
+            f"the per-round ratios ({3 * args.repeats} rounds for (a), "
+            f"{args.repeats} for (b), (c))"
+        )
+        print(
             f"{'implementation':<38}{'median ms':>10}{'IQR %':>7}{'compile s':>10}"
             f"{'/naive':>8}{'/torch':>8}{'/floor':>8}"
         )
         for name, v in res.items():
             t = v["seconds"]
-            part = name[0]
-            naive = naive_a if part == "a" else naive_b
-            floor = {"a": floor_a, "b": floor_b}.get(part)
+            floor = {"a": floor_a, "b": floor_b}.get(name[0])
             comp = "" if v["compile_seconds"] is None else f"{v['compile_seconds']:.2f}"
-            tr = f"{t / torch_a:.2f}" if (torch_a and part == "a") else ""
+            tr = "" if v["ratio_torch"] is None else f"{v['ratio_torch']:.2f}"
             fl = f"{t / floor:.2f}" if floor else ""
             print(
                 f"{name:<38}{t * 1e3:>10.1f}{100 * v['iqr']:>7.0f}{comp:>10}"
-                f"{t / naive:>8.3f}{tr:>8}{fl:>8}"
+                f"{v['ratio_naive']:>8.3f}{tr:>8}{fl:>8}"
             )
             rows.append(
                 {
@@ -456,8 +452,6 @@ def main(argv=None):
                     "B": B,
                     "impl": name,
                     **v,
-                    "ratio_naive": t / naive,
-                    "ratio_torch": (t / torch_a) if (torch_a and part == "a") else None,
                     "ratio_floor": (t / floor) if floor else None,
                 }
             )
@@ -475,7 +469,7 @@ def main(argv=None):
         )
         print(
             f"(a) jgrad / naive JAX, interleaved pairs ({3 * args.repeats}): "
-            f"median {a_paired:.3f}"
+            f"median {a_paired:.3f} (OPENBLAS_NUM_THREADS={blas})"
         )
         print(
             f"(c) default estimator / naive all-layers, interleaved pairs "
@@ -505,6 +499,7 @@ def main(argv=None):
         rows,
         matmul_peak_gflops=peak,
         openblas_num_threads=blas,
+        blas_threads_at_start=blas_threads(),
         torch_threads=threads,
         precision=args.precision,
         device=device_label(),

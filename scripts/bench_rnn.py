@@ -1,8 +1,13 @@
 """Benchmark: forward+backward of one recurrent layer, jgrad against flax, a plain scan and
 PyTorch, in one run.
 
-Loss = sum of squared outputs over a batch; gradient w.r.t. all weights. Times are medians of
-``--repeats`` runs after a warm-up; compile time (JAX lower+compile) is reported separately.
+Loss = sum of squared outputs over a batch; gradient w.r.t. all weights. The implementations
+of one (shape, cell) are timed in ``--repeats`` interleaved rounds after a warm-up (each round
+runs every implementation once, the order reversed every other round, so each baseline is
+timed in alternation with jgrad): the table gives the median time and the medians over the
+rounds of the per-round ratios to the fastest flax cell (``/flax best``) and to torch; on a
+shared machine the drift between two separately timed rows does not cancel, within a round
+it does. Compile time (JAX lower+compile) is reported separately.
 Achieved GFLOP/s uses the floor 3 x 2 x B x T x (D + H) x G flops (G = 4H LSTM, 3H GRU, H
 vanilla: forward matmuls once, backward twice) against the float32 matmul rate measured in
 the same run.
@@ -30,24 +35,18 @@ from jgrad import rnn
 from jgrad.experiments._bench import (
     add_precision_arg,
     device_label,
+    interleaved_times,
     matmul_gflops,
-    median_time,
+    median_ratio,
     parse_shapes,
     set_precision,
+    summary,
     torch_device,
     write_results,
 )
 
 GRID = [(32, 128, 128, 256), (32, 512, 64, 128), (8, 1024, 32, 64)]
 QUICK = [(4, 16, 8, 16)]
-
-
-SPREADS: dict[str, float] = {}  # "last": relative IQR of the last timed function
-
-
-def _median_time(fn, repeats):
-    med, SPREADS["last"] = median_time(fn, repeats)  # relative IQR kept for the table
-    return med
 
 
 def gate_mult(kind):
@@ -127,7 +126,8 @@ def plain_scan_lstm(H, D, key):
     return params, jax.jit(jax.value_and_grad(loss))
 
 
-def time_jax(make, shape, repeats):
+def time_jax(make, shape):
+    """(a function running the compiled step and blocking, compile seconds)."""
     B, T, D, H = shape
     kp, kx = jax.random.split(jax.random.key(0))
     params, f = make(H, D, kp)
@@ -135,11 +135,11 @@ def time_jax(make, shape, repeats):
     t0 = time.perf_counter()
     compiled = f.lower(params, xs).compile()
     compile_s = time.perf_counter() - t0
-    run = lambda: jax.block_until_ready(compiled(params, xs))  # noqa: E731
-    return _median_time(run, repeats), compile_s
+    return (lambda: jax.block_until_ready(compiled(params, xs))), compile_s
 
 
-def time_torch(kind, shape, repeats, threads):
+def time_torch(kind, shape, threads):
+    """torch's fused RNN forward+backward as a function to time (None without torch)."""
     try:
         import torch
     except ImportError:
@@ -158,13 +158,18 @@ def time_torch(kind, shape, repeats, threads):
         if dev == "cuda":
             torch.cuda.synchronize()
 
-    return _median_time(run, repeats)
+    return run
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one small shape")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=7,
+        help="interleaved rounds of every implementation",
+    )
     p.add_argument("--kinds", default="lstm,gru,vanilla")
     p.add_argument("--out", default="runs/bench_rnn.json")
     add_precision_arg(p)
@@ -204,27 +209,38 @@ def main(argv=None):
             else:
                 impls["flax SimpleCell"] = flax_fn("SimpleCell")
             flops = floor_flops(kind, *shape)
-            res = {}
-            for name, make in impls.items():
-                t, c = time_jax(make, shape, args.repeats)
-                res[name] = {"seconds": t, "compile_seconds": c, "iqr": SPREADS["last"]}
-            tt = time_torch(kind, shape, args.repeats, threads)
+            progs = {name: time_jax(make, shape) for name, make in impls.items()}
+            tt = time_torch(kind, shape, threads)
+            torch_name = None
             if tt is not None:
-                torch_name = {"lstm": "LSTM", "gru": "GRU", "vanilla": "RNN"}[kind]
-                res[f"torch nn.{torch_name}"] = {
-                    "seconds": tt,
-                    "compile_seconds": None,
-                    "iqr": SPREADS["last"],
-                }
+                torch_name = "torch nn." + {"lstm": "LSTM", "gru": "GRU"}.get(
+                    kind, "RNN"
+                )
+                progs[torch_name] = (tt, None)
+            times = interleaved_times(
+                {k: run for k, (run, _) in progs.items()}, args.repeats
+            )
+            res = {
+                k: {**summary(ts), "compile_seconds": progs[k][1]}
+                for k, ts in times.items()
+            }
             flax_best = min(
-                v["seconds"] for k, v in res.items() if k.startswith("flax")
+                (k for k in res if k.startswith("flax")),
+                key=lambda k: res[k]["seconds"],
             )
-            torch_t = next(
-                (v["seconds"] for k, v in res.items() if k.startswith("torch")), None
-            )
+            for k, v in res.items():
+                v["pairs"] = args.repeats
+                v["ratio_flax_best"] = median_ratio(times, k, flax_best)
+                v["ratio_torch"] = (
+                    median_ratio(times, k, torch_name) if torch_name else None
+                )
             print(
                 f"\n{kind.upper()} B={B} T={T} D={D} H={H}  floor {flops / 1e9:.2f} GFLOP "
                 f"= {flops / peak / 1e6:.1f} ms at peak"
+            )
+            print(
+                f"{args.repeats} interleaved rounds; /flax best (to {flax_best}) and "
+                "/torch: medians of the per-round ratios"
             )
             print(
                 f"{'implementation':<26}{'median ms':>10}{'IQR %':>7}{'compile s':>10}"
@@ -237,10 +253,10 @@ def main(argv=None):
                     if v["compile_seconds"] is None
                     else f"{v['compile_seconds']:.2f}"
                 )
-                tr = "" if torch_t is None else f"{t / torch_t:.2f}"
+                tr = "" if v["ratio_torch"] is None else f"{v['ratio_torch']:.2f}"
                 print(
                     f"{name:<26}{t * 1e3:>10.1f}{100 * v['iqr']:>7.0f}{comp:>10}"
-                    f"{flops / t / 1e9:>9.1f}{t / flax_best:>11.2f}{tr:>8}"
+                    f"{flops / t / 1e9:>9.1f}{v['ratio_flax_best']:>11.2f}{tr:>8}"
                 )
                 rows.append(
                     {
@@ -252,8 +268,6 @@ def main(argv=None):
                         "impl": name,
                         **v,
                         "gflops": flops / t / 1e9,
-                        "ratio_flax_best": t / flax_best,
-                        "ratio_torch": None if torch_t is None else t / torch_t,
                     }
                 )
     write_results(

@@ -2,6 +2,7 @@
 asserted: speed is measured by the scripts, not by tests)."""
 
 import json
+import os
 import pathlib
 import runpy
 import sys
@@ -29,6 +30,11 @@ def test_bench_rnn_quick(tmp_path, monkeypatch, capsys):
     impls = {r["impl"] for r in data["rows"]}
     assert {"jgrad", "jgrad fast", "flax OptimizedLSTMCell", "flax SimpleCell"} <= impls
     assert all(r["seconds"] > 0 and r["gflops"] > 0 for r in data["rows"])
+    # timed in interleaved rounds, ratios per round (the best flax cell's own is 1)
+    assert all(r["pairs"] == 1 and r["ratio_flax_best"] > 0 for r in data["rows"])
+    flax = [r for r in data["rows"] if r["impl"].startswith("flax")]
+    for kind in ("lstm", "vanilla"):
+        assert 1.0 in {r["ratio_flax_best"] for r in flax if r["kind"] == kind}
     assert data["command"].startswith("python scripts/bench_rnn.py " + " ".join(args))
     assert "torch_threads" in data and "git_revision" in data["provenance"]
     assert "matmul peak" in capsys.readouterr().out
@@ -40,7 +46,12 @@ def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
         "bench_jacobian.py", ["--quick", "--repeats", "1"], monkeypatch, out
     )
     assert data["command"].startswith("python scripts/bench_jacobian.py --quick")
-    assert "openblas_num_threads" in data
+    # the user's environment, unless --openblas-one-thread
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    assert data["openblas_num_threads"] == blas
+    assert "blas_threads_at_start" in data
+    timed = [r for r in data["rows"] if r["impl"] != "accuracy"]
+    assert all(r["ratio_naive"] > 0 and r["pairs"] in (1, 3) for r in timed)
     impls = {r["impl"] for r in data["rows"]}
     assert {
         "a: naive JAX jacrev+svd",

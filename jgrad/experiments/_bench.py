@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,10 @@ from jgrad.experiments._io import provenance, save_json
 
 __all__ = [
     "median_time",
+    "interleaved_times",
+    "median_ratio",
+    "summary",
+    "blas_threads",
     "matmul_gflops",
     "write_results",
     "set_precision",
@@ -40,6 +44,59 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     med = statistics.median(ts)
     q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
     return med, (q[2] - q[0]) / med
+
+
+def interleaved_times(
+    fns: Mapping[str, Callable[[], object]], rounds: int
+) -> dict[str, list[float]]:
+    """Wall times of each ``fns[name]()`` in ``rounds`` rounds, after one warm-up run
+    of each: every round runs every function once, in the order given on even rounds and
+    reversed on odd ones, so every baseline is timed in alternation with the function
+    it is compared with. On a shared machine the load drifts between two blocks of
+    timings; within a round it mostly cancels: compare with :func:`median_ratio`.
+
+    Each function must block until its result is ready (``jax.block_until_ready``).
+
+    Returns:
+        ``{name: [seconds of round 0, round 1, ...]}``.
+    """
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def median_ratio(times: Mapping[str, list[float]], num: str, den: str) -> float:
+    """Median over the rounds of :func:`interleaved_times` of the per-round ratio
+    ``times[num][i] / times[den][i]``."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
+
+
+def summary(ts: list[float]) -> dict[str, float]:
+    """``{"seconds": median, "iqr": interquartile range / median}`` of some timings."""
+    med = statistics.median(ts)
+    q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
+    return {"seconds": med, "iqr": (q[2] - q[0]) / med}
+
+
+def blas_threads() -> dict[str, int]:
+    """``{library file name: thread count}`` of every BLAS loaded in this process, as
+    threadpoolctl reads them (what a run's LAPACK calls start with)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {}
+    return {
+        i["filepath"].rsplit("/", 1)[-1]: i["num_threads"]
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    }
 
 
 def matmul_gflops(repeats: int, n: int | None = None) -> float:
