@@ -1,6 +1,67 @@
 """Analyzers of gradient flow: exact layer-to-layer and step-to-step Jacobians, their
 products in log space, singular-value spectra, Lyapunov exponents, and per-layer and
-per-time-step gradient norms."""
+per-time-step gradient norms.
+
+Which function gives which number (number wanted -> function -> cost / accuracy). The
+network analyzers take ONE example (``vmap`` for a batch); logs are natural except the
+gradient norms' (log10, as their field names say).
+
+Feedforward networks (``net, params, x``):
+
+- gradient norm of dL/dh_k at every layer output, and of dL/dtheta per parameter
+  -> ``layer_grad_norms`` (a ``GradFlow``) -> one backward pass; exact, never underflows.
+- spectrum of the input-output Jacobian d y / d x -> ``input_output_spectrum`` -> the fast
+  route: one rescaled VJP sweep and one SVD; top values exact at any depth, those below
+  sigma_max * eps dropped.
+- spectra of every layer-to-output product d y / d h_l -> ``output_spectra`` -> one sweep,
+  one SVD per product; accuracy as above.
+- spectral norm and mean squared singular value of every d y / d h_l
+  -> ``output_norms(..., method="exact")`` (an ``OutputNorms``) -> one sweep and Lanczos
+  per product, no SVD; mean square exact, spectral norm a Ritz lower bound.
+- the same without forming any product -> ``output_norms(..., method="matrix_free")``
+  -> sweeps of a few vectors; spectral norms lower bounds, Hutch++ mean squares with
+  their standard error.
+- every product d y / d h_l as a matrix -> ``output_sweep`` (a ``LogMatrix`` per layer)
+  -> one sweep; the L products stored.
+- per-layer Jacobians J_l = d h_l / d h_(l-1) -> ``layer_jacobians`` (a ``Jacobians``)
+  -> L explicit N x N matrices per example (closed forms for dense and activation
+  layers); exact. For spectra and norms of the network the sweeps above are faster.
+- the layers a network is analysed as -> ``net_layers`` -> static, no compute.
+- the Jacobian of any function as a matrix -> ``jacobian`` -> jacrev or jacfwd by shape,
+  optionally in chunks; exact.
+
+Jacobians you hold (from ``layer_jacobians``, ``rnn_step_jacobians`` or your own):
+
+- one product J_stop ... J_(start+1), every prefix, every suffix -> ``jacobian_product``,
+  ``input_products``, ``output_products`` (a ``LogMatrix``) -> explicit matrix products
+  rescaled in log space (or an associative scan); top values exact at any depth.
+- spectrum of such a product -> ``log_singular_values`` -> explicit product, then SVD;
+  ``method="qr"`` keeps the values below eps (finite-depth Lyapunov exponents).
+- log |det| of a square product -> ``log_abs_det`` -> QR accumulation; exact at any depth
+  and conditioning.
+
+Recurrent cells (``cell, params, xs, carry0``):
+
+- step Jacobians J_t = d s_t / d s_(t-1) -> ``rnn_step_jacobians`` -> T explicit n x n
+  matrices, vmapped over t; exact.
+- products over time d s_T / d s_t -> ``rnn_jacobian_products`` (a stacked ``LogMatrix``)
+  -> one reverse scan (or an associative scan), rescaled.
+- gradient norm through time of dL/ds_t -> ``rnn_grad_norms`` (a ``TimeGradFlow``) -> one
+  backward scan; exact, never underflows.
+- Lyapunov spectrum -> ``lyapunov_spectrum`` -> k JVPs and one QR per step; converges as
+  T grows.
+- Pascanu et al.'s bound gamma * ||W_hh||_2 next to the measured rate -> ``pascanu_bound``
+  (a ``PascanuBound``) -> the products over time and their spectra; vanilla cells only.
+- a carry as the flat state vector s, and back -> ``flatten_carry``, ``unflatten_carry``
+  -> reshapes only.
+
+Summaries of any spectrum (natural-log singular values):
+
+- sigma_max, sigma_min, mean square, log det, condition number -> ``spectrum_stats`` (a
+  ``SpectrumStats``) -> O(r) per spectrum.
+- density of log singular values -> ``spectrum_density`` -> a histogram of the finite
+  values.
+"""
 
 from jgrad.analyze._grad_flow import GradFlow as GradFlow
 from jgrad.analyze._grad_flow import layer_grad_norms as layer_grad_norms

@@ -204,6 +204,14 @@ def layer_jacobians(
 ) -> Jacobians:
     """The exact Jacobians ``J_l = d h_l / d h_{l-1}`` of one example's forward pass.
 
+    For the network's spectra or norms, :func:`input_output_spectrum` (``d y / d x``),
+    :func:`output_spectra` and :func:`output_norms` (every ``d y / d h_l``) are the
+    faster route: they pull the rows of the product back through each layer (under
+    ``vmap`` a dense layer is one matrix product shared by the batch) and form no
+    per-layer Jacobian. This function builds L explicit matrices per example, and
+    ``log_singular_values`` of them multiplies those as separate per-example products;
+    use it for the Jacobians themselves, a layer pair, or ``method="qr"``.
+
     With ``blocks=True`` (default) the representations ``h_l`` are the outputs of the blocks
     that ``net.block_ends`` names (for ``jgrad.nn.mlp``: after each activation, so
     ``J_l = diag(phi'(a_l)) W_l^T``), plus the network output when the last layer is not a

@@ -315,6 +315,14 @@ def log_singular_values(
 ) -> jax.Array:
     """Natural-log singular values of ``J_stop ... J_(start+1)``, in descending order.
 
+    For a network, :func:`input_output_spectrum` (``d y / d x``) and
+    :func:`output_spectra` (every ``d y / d h_l``) give the spectrum faster, to rounding
+    the same: ``log_singular_values(layer_jacobians(...))`` forms L explicit Jacobians per
+    example and multiplies them as separate per-example matrix products, where the
+    sweeps pull the product's rows back through each layer (under ``vmap``, one matrix
+    product per dense layer shared by the batch). Use this function for Jacobians you
+    hold, a layer pair (``start``, ``stop``) or ``method="qr"``.
+
     Args:
         jacobians: a :class:`Jacobians`, a sequence of 2-D Jacobians, an ``(L, n, n)``
             array, or a :class:`LogMatrix` (a product already; any leading batch axes), whose

@@ -69,7 +69,7 @@ def sum_scale(m, s):
     values. The scaled entries are at most 1 and sum to 1, so their squares neither
     overflow nor all underflow. A sum rather than max|entry|: XLA's CPU sum reduces at
     the memory rate, its NaN-propagating max does not (57.3 against 58.8 ms for the 128
-    steps of a 128-wide sweep of 16 examples, 2-core CPU, session 7). In float32 the sum
+    steps of a 128-wide sweep of 16 examples, 2-core CPU). In float32 the sum
     overflows only when one block multiplies the product's entries by about 1e34."""
     a = jnp.sum(jnp.abs(m))
     return jnp.where(a > 0, a, 1.0), s + safe_log(a)
