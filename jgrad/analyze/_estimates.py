@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad.analyze._lanczos import lanczos_top
-from jgrad.analyze._logspace import safe_log, vec_norm
+from jgrad.analyze._logspace import finite_shift, safe_div, safe_log, vec_norm
 from jgrad.analyze._network import resolve_net
 from jgrad.analyze._ritz import summarise
 from jgrad.analyze._row_sweeps import (
@@ -192,8 +192,7 @@ def deep_start(q_rows, carry, us, z_in, gauss, size, kq, d):
     Returns:
         (unit rows (size + d, n), logs (size + d,)) at h_b."""
     zq, lq = (jnp.concatenate(a) for a in q_rows)
-    mx = jnp.max(lq)
-    mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
+    mx = finite_shift(jnp.max(lq))
     a = zq * jnp.exp(lq - mx)[:, None]  # Q^T P_b / exp(mx)
     qmat = jnp.concatenate(us)
     ritz = jnp.linalg.eigh(a @ a.T)[1][:, ::-1][:, : size - z_in.shape[0]]
@@ -202,13 +201,12 @@ def deep_start(q_rows, carry, us, z_in, gauss, size, kq, d):
     coef = coef - v @ (v.T @ coef)
     cur, lg = carry
     lgp = lg[kq : kq + d]
-    mp = jnp.maximum(lgp, mx)
-    mp = jnp.where(jnp.isfinite(mp), mp, 0.0)
+    mp = finite_shift(jnp.maximum(lgp, mx))
     gp = cur[kq : kq + d] * jnp.exp(lgp - mp)[:, None]
     gp = gp + (coef.T @ a) * jnp.exp(mx - mp)[:, None]
     rows = jnp.concatenate([v.T @ a, gp])
     n = vec_norm(rows)
-    rows = rows / jnp.where(n > 0, n, 1.0)[:, None]
+    rows = safe_div(rows, n)
     return rows, jnp.concatenate([mx + safe_log(n[:size]), mp + safe_log(n[size:])])
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad.analyze._logspace import (
+    safe_div,
     safe_log,
     vec_norm,
 )
@@ -76,7 +77,7 @@ def recurrence_step(aq, alpha, q, q_prev, beta_prev, basis, passes):
         coef = jnp.einsum("...kn,...n->...k", basis, w)
         w = w - jnp.einsum("...k,...kn->...n", coef, basis)
     beta = norm2(w)
-    return beta, w / jnp.where(beta > 0, beta, 1.0)[..., None]
+    return beta, safe_div(w, beta)
 
 
 def _push_fwd(maps, vs, logs, start):
@@ -96,7 +97,7 @@ def _push_fwd(maps, vs, logs, start):
         flat = cur.reshape((a * k,) + in_shape)
         out = jax.vmap(jvp)(flat).reshape((a, k, -1))
         n = vec_norm(out)
-        cur = (out / jnp.where(n > 0, n, 1.0)[..., None]).reshape((a, k) + out_shape)
+        cur = safe_div(out, n).reshape((a, k) + out_shape)
         cur_log = cur_log + safe_log(n)
     return cur.reshape(cur.shape[:2] + (-1,)), cur_log
 
@@ -114,7 +115,7 @@ def _pull_back(maps, us, logs):
         flat = cur.reshape((a * k,) + out_shape)
         out = jax.vmap(vjp)(flat).reshape((a, k, -1))
         n = vec_norm(out)
-        out = out / jnp.where(n > 0, n, 1.0)[..., None]
+        out = safe_div(out, n)
         lg = cur_log + safe_log(n)
         res[m], res_log[m] = out[m], lg[m]
         cur, cur_log = out[:m].reshape((m, k) + in_shape), lg[:m]
@@ -188,7 +189,7 @@ def top2(alphas, betas):
     # the eigenvector's two forms, each free of cancellation on its side of d = 0
     v = jnp.where(d >= 0, jnp.stack([d + rad, b]), jnp.stack([b, rad - d]))
     n = norm2(v)
-    v = jnp.where(n > 0, v / jnp.where(n > 0, n, 1.0), jnp.array([1.0, 0.0], a.dtype))
+    v = jnp.where(n > 0, safe_div(v, n), jnp.array([1.0, 0.0], a.dtype))
     return 0.5 * (a + c) + rad, v
 
 
@@ -279,4 +280,4 @@ def lanczos_left(r, inv, u, min_steps, max_steps, residual_tol):
     s_last = vec[jnp.maximum(i - 1, 0)]
     nxt = theta * y + beta * s_last * q_next  # m m^T y
     n = norm2(nxt)
-    return jnp.maximum(theta, 0.0), jnp.where(n > 0, nxt / jnp.where(n > 0, n, 1.0), u)
+    return jnp.maximum(theta, 0.0), jnp.where(n > 0, safe_div(nxt, n), u)

@@ -76,10 +76,14 @@ def safe_log(x):
 
 
 def safe_div(x, n):
-    """``x / n`` where ``n > 0``, else ``x / 1`` (``n`` broadcasts against ``x`` as
-    given: pass ``n[:, None]`` for one norm per row). Dividing by a norm that may be zero
-    leaves a zero vector zero, with no NaN value or gradient."""
-    return x / jnp.where(n > 0, n, 1.0)
+    """``x / n`` where ``n > 0``, else ``x / 1``: dividing by a norm that may be zero
+    leaves a zero vector zero, with no NaN value or gradient.
+
+    ``n``'s axes are ``x``'s leading axes (one norm per row for ``n`` of shape
+    ``x.shape[:-1]``; a scalar for all of ``x``; or ``keepdims`` norms of ``x``'s rank);
+    the divisor is made safe before it is broadcast over ``x``'s trailing axes."""
+    d = jnp.where(n > 0, n, 1.0)
+    return x / jnp.expand_dims(d, tuple(range(d.ndim, jnp.ndim(x))))
 
 
 def finite_shift(mx):
@@ -130,7 +134,7 @@ def normalize(m, log_scale):
     """``(m / ||m||_F, log_scale + log ||m||_F)`` over the last two axes: the same
     product, renormalised (an all-zero ``m`` stays zero with log scale ``-inf``)."""
     n = fro(m)
-    return safe_div(m, n[..., None, None]), log_scale + safe_log(n)
+    return safe_div(m, n), log_scale + safe_log(n)
 
 
 def accumulate_dtype(accumulate: str | None):

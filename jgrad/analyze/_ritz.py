@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad.analyze._lanczos import top_eig
-from jgrad.analyze._logspace import safe_log
+from jgrad.analyze._logspace import finite_shift, safe_log
 from jgrad.analyze._segments import unchunk
 
 
@@ -48,8 +48,7 @@ def product_summary(gram, row_logs, probe_logs):
         ``||Q^T P||_F^2 + mean_j ||P^T g_j||^2`` (Hutch++); that estimate's relative
         standard error, from the probes' spread, 0 without probes).
     """
-    mx = jnp.max(row_logs)
-    mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
+    mx = finite_shift(jnp.max(row_logs))
     e = jnp.exp(row_logs - mx)  # the rows scaled to Q^T P_l / exp(mx)
     lam, w = top_eig(gram * e[:, None] * e[None, :])
     fro_q = jax.nn.logsumexp(2 * row_logs)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from jgrad.analyze._logspace import (
+    finite_shift,
+    safe_div,
     safe_log,
     vec_norm,
 )
@@ -24,7 +26,7 @@ def pull_one(cur, lg, blk):
     out = jax.vmap(blk.vjp)(cur.reshape((-1,) + blk.out_shape))
     out = out.reshape((cur.shape[0], -1))
     n = vec_norm(out)
-    return out / jnp.where(n > 0, n, 1.0)[:, None], lg + safe_log(n)
+    return safe_div(out, n), lg + safe_log(n)
 
 
 def pull_rows(segs, rows, keep=None):
@@ -103,13 +105,12 @@ def push_sum(segs, zs, zlogs):
     def step(carry, blk, inp):
         acc, al = carry
         t, tl = inp
-        mx = jnp.maximum(al, tl)
-        mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
+        mx = finite_shift(jnp.maximum(al, tl))
         acc = acc * jnp.exp(al - mx)[:, None] + t * jnp.exp(tl - mx)[:, None]
         out = jax.vmap(blk.jvp)(acc.reshape((-1,) + blk.in_shape))
         out = out.reshape((acc.shape[0], -1))
         n = vec_norm(out)
-        return (out / jnp.where(n > 0, n, 1.0)[:, None], mx + safe_log(n)), None
+        return (safe_div(out, n), mx + safe_log(n)), None
 
     acc0 = jnp.zeros_like(zs[0][0])
     al0 = jnp.full(acc0.shape[:1], -jnp.inf, acc0.dtype)
@@ -130,7 +131,7 @@ def push_rows(segs, rows, every=REORTH):
         out = jax.vmap(blk.jvp)(cur.reshape((-1,) + blk.in_shape))
         out = out.reshape((cur.shape[0], -1))
         n = vec_norm(out)
-        out = out / jnp.where(n > 0, n, 1.0)[:, None]
+        out = safe_div(out, n)
         out = jax.lax.cond(i % every == every - 1, orth_rows, lambda v: v, out)
         return (out, i + 1), None
 
