@@ -52,7 +52,7 @@ def test_readme_analyze_example_runs():
 
     # Depth 100, sigmoid (gamma = 1/4): sigma_max far below float32's smallest number, yet
     # reported finite, while plain jax.jacrev underflows to an all-zero matrix.
-    ln = namespace["stats"].log_max
+    ln = namespace["stats"].log_spectral_norm
     assert bool(jnp.all(jnp.isfinite(ln))) and float(jnp.max(ln)) < np.log(1e-45)
     net, params, xs = namespace["net"], namespace["params"], namespace["xs"]
     plain = jax.jacrev(lambda v: net.apply(params, v))(xs[0])

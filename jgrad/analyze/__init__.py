@@ -70,23 +70,23 @@ from jgrad.analyze._jacobians import Jacobians as Jacobians
 from jgrad.analyze._jacobians import jacobian as jacobian
 from jgrad.analyze._jacobians import layer_jacobians as layer_jacobians
 from jgrad.analyze._logspace import LogMatrix as LogMatrix
-from jgrad.analyze._products import SpectrumStats as SpectrumStats
 from jgrad.analyze._products import input_products as input_products
 from jgrad.analyze._products import jacobian_product as jacobian_product
 from jgrad.analyze._products import log_abs_det as log_abs_det
 from jgrad.analyze._products import log_singular_values as log_singular_values
 from jgrad.analyze._products import output_products as output_products
-from jgrad.analyze._products import spectrum_density as spectrum_density
-from jgrad.analyze._products import spectrum_stats as spectrum_stats
-from jgrad.analyze._rnn import PascanuBound as PascanuBound
 from jgrad.analyze._rnn import TimeGradFlow as TimeGradFlow
 from jgrad.analyze._rnn import flatten_carry as flatten_carry
-from jgrad.analyze._rnn import lyapunov_spectrum as lyapunov_spectrum
-from jgrad.analyze._rnn import pascanu_bound as pascanu_bound
 from jgrad.analyze._rnn import rnn_grad_norms as rnn_grad_norms
 from jgrad.analyze._rnn import rnn_jacobian_products as rnn_jacobian_products
 from jgrad.analyze._rnn import rnn_step_jacobians as rnn_step_jacobians
 from jgrad.analyze._rnn import unflatten_carry as unflatten_carry
+from jgrad.analyze._rnn_rates import PascanuBound as PascanuBound
+from jgrad.analyze._rnn_rates import lyapunov_spectrum as lyapunov_spectrum
+from jgrad.analyze._rnn_rates import pascanu_bound as pascanu_bound
+from jgrad.analyze._stats import SpectrumStats as SpectrumStats
+from jgrad.analyze._stats import spectrum_density as spectrum_density
+from jgrad.analyze._stats import spectrum_stats as spectrum_stats
 
 __all__ = [
     "GradFlow",

@@ -1,5 +1,5 @@
-"""Step-to-step Jacobians of recurrent cells, their products, Lyapunov exponents and
-per-time-step gradient norms.
+"""Step-to-step Jacobians of recurrent cells, their products over time and per-time-step
+gradient norms (Lyapunov exponents and the Pascanu bound: :mod:`jgrad.analyze._rnn_rates`).
 
 The state s_t is the flattened carry: ``h_t`` for the vanilla RNN and GRU, ``[h_t, c_t]``
 (h first) for the LSTM, so ``n = H`` or ``2H``. The step Jacobian is
@@ -34,7 +34,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jgrad import _checks
 from jgrad.analyze._logspace import (
     LogMatrix,
     accumulate_dtype,
@@ -44,7 +43,7 @@ from jgrad.analyze._logspace import (
     vec_norm,
 )
 from jgrad.analyze._precision import full_precision
-from jgrad.analyze._products import log_singular_values, output_products
+from jgrad.analyze._products import output_products
 from jgrad.rnn._cell import Cell, LSTMState, carry_like_step
 from jgrad.rnn._unroll import _validate
 
@@ -55,9 +54,6 @@ __all__ = [
     "rnn_jacobian_products",
     "rnn_grad_norms",
     "TimeGradFlow",
-    "lyapunov_spectrum",
-    "PascanuBound",
-    "pascanu_bound",
 ]
 
 
@@ -92,7 +88,7 @@ def _states(cell, params, xs, carry0):
     return xp, s_prev, s_next
 
 
-def _step_fn(cell, params):
+def step_fn(cell, params):
     def f(s, xp_t):
         new, _ = cell.step(params, unflatten_carry(cell, s), xp_t)
         return flatten_carry(new)
@@ -147,7 +143,7 @@ def rnn_step_jacobians(
         (6, 8, 8)
     """
     xp, s_prev, s_next = _states(cell, params, xs, carry0)
-    jac = jax.vmap(jax.jacfwd(_step_fn(cell, params)))(s_prev, xp)
+    jac = jax.vmap(jax.jacfwd(step_fn(cell, params)))(s_prev, xp)
     _warn_nonfinite(
         jnp.concatenate([s_next, jac.reshape(jac.shape[0], -1)], axis=1),
         "rnn_step_jacobians",
@@ -232,7 +228,7 @@ def rnn_grad_norms(
     """
     xp, s_prev, s_next = _states(cell, params, xs, carry0)
     _warn_nonfinite(s_next, "rnn_grad_norms")
-    f = _step_fn(cell, params)
+    f = step_fn(cell, params)
     H = cell.hidden
     ys = s_next[:, :H]
     loss, gy = jax.value_and_grad(loss_fn)(ys)
@@ -281,159 +277,4 @@ def rnn_grad_norms(
         raw_norm=raw_norm,
         underflow=zero & jnp.isfinite(log10),
         loss=loss,
-    )
-
-
-@full_precision
-def lyapunov_spectrum(
-    cell: Cell,
-    params: dict,
-    xs: jax.Array,
-    carry0: Any,
-    *,
-    k: int | None = None,
-    warmup: int = 0,
-    accumulate: str | None = None,
-) -> jax.Array:
-    """Input-driven Lyapunov exponents of a recurrent cell, by QR re-orthonormalisation.
-
-    An orthonormal ``(n, k)`` basis Q is pushed through the step Jacobians inside one
-    ``lax.scan`` (k forward-mode JVPs per step, no explicit Jacobian), re-orthonormalised
-    each step (``J_t Q_{t-1} = Q_t R_t``), and the exponents are the time averages of
-    ``log |diag R_t|`` after ``warmup`` steps (Benettin et al. 1980). They are the growth
-    rates, per step, of the singular values of ``d s_T / d s_t``: a largest exponent below 0
-    means gradients through time vanish exponentially at that rate, above 0 that they explode
-    (chaotic dynamics). The sum of all n exponents is the mean of ``log|det J_t|``. Pure and
-    jit-able: ``jax.vmap`` over sequences, initial carries or params for ensembles.
-
-    Args:
-        cell, params, xs, carry0: as :func:`rnn_step_jacobians`.
-        k: number of exponents (the k largest); default n, the full spectrum.
-        warmup: steps to run before averaging (the basis aligns with the dynamics first).
-        accumulate: dtype of the basis, the QR and the running sums: None (the carry's),
-            ``"float32"`` or ``"float64"`` (needs 64-bit JAX). The JVPs run in the
-            model's dtype; with ``"float64"`` the orthonormalisation and the sum over T
-            steps add no rounding of their own (float32 sums over T = 10^4 steps lose about
-            T * 6e-8 relative).
-
-    Returns:
-        ``(k,)`` exponents per step, natural log, descending.
-
-    Examples:
-        >>> import jax, jgrad
-        >>> cell = jgrad.rnn.vanilla(16, weight_var=0.5)
-        >>> params = cell.init(jax.random.key(0), 2)
-        >>> xs = jax.random.normal(jax.random.key(1), (200, 2))
-        >>> lam = jgrad.analyze.lyapunov_spectrum(cell, params, xs, cell.init_carry(), k=3)
-        >>> lam.shape, bool(lam[0] < 0)
-        ((3,), True)
-    """
-    _validate(cell, params, xs, carry0, None, 1, None, "value")
-    T = xs.shape[0]
-    n = flatten_carry(carry0).shape[-1]
-    k = n if k is None else _checks.positive_int("k", k)
-    if k > n:
-        raise ValueError(
-            f"`k` must be at most the state size n = {n}, got {k}. Use k=None for all."
-        )
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < T:
-        raise ValueError(
-            f"`warmup` must be an int in [0, T) = [0, {T}), got {warmup!r}. Leave at least "
-            "one step to average over."
-        )
-    dtype = accumulate_dtype(accumulate)
-    carry0 = carry_like_step(params, carry0, xs)
-    xp = cell.input_proj(params, xs)
-    f = _step_fn(cell, params)
-    s0 = flatten_carry(carry0)
-    acc_dtype = s0.dtype if dtype is None else dtype
-    q0 = jnp.eye(n, k, dtype=acc_dtype)
-
-    def body(carry, inp):
-        s, q, acc = carry
-        xp_t, t = inp
-        s_new, jq = jax.vmap(
-            lambda v: jax.jvp(lambda z: f(z, xp_t), (s,), (v.astype(s.dtype),)),
-            in_axes=1,
-            out_axes=(None, 1),
-        )(q)
-        q_new, r = jnp.linalg.qr(jq.astype(acc_dtype))
-        d = jnp.log(jnp.abs(jnp.diagonal(r)))
-        acc = acc + jnp.where(t >= warmup, d, 0.0)
-        return (s_new, q_new, acc), None
-
-    (_, _, acc), _ = jax.lax.scan(
-        body, (s0, q0, jnp.zeros(k, acc_dtype)), (xp, jnp.arange(T))
-    )
-    return jnp.sort(acc / (T - warmup))[::-1]
-
-
-class PascanuBound(NamedTuple):
-    """The Pascanu et al. (2013) condition for a vanilla RNN, next to the measured rate.
-
-    Attributes:
-        gamma: ``sup |phi'|`` of the activation.
-        w_hh_norm: ``||W_hh||_2``.
-        bound: ``gamma * ||W_hh||_2``; every step Jacobian has norm at most this.
-        vanishing_guaranteed: ``bound < 1`` (sufficient for vanishing gradients).
-        exploding_possible: ``||W_hh||_2 > 1 / gamma`` (necessary for exploding gradients).
-        measured_rate: the fitted per-step growth factor of ``||d s_T / d s_t||_2``
-            (exp of the slope of its log against T - t); at most ``bound``.
-        log_norms: ``(T,)`` natural log ``||d s_T / d s_t||_2`` for t = 0..T-1.
-    """
-
-    gamma: float
-    w_hh_norm: jax.Array
-    bound: jax.Array
-    vanishing_guaranteed: jax.Array
-    exploding_possible: jax.Array
-    measured_rate: jax.Array
-    log_norms: jax.Array
-
-
-@full_precision
-def pascanu_bound(cell: Cell, params: dict, xs: jax.Array, carry0: Any) -> PascanuBound:
-    """Pascanu et al.'s sufficient condition for vanishing gradients, and the measurement.
-
-    For ``h_t = phi(x_t W_ih + b + h_{t-1} W_hh)``, ``J_t = diag(phi'(a_t)) W_hh^T`` so
-    ``||J_t||_2 <= gamma ||W_hh||_2`` and ``||d s_T / d s_t|| <= (gamma ||W_hh||_2)^(T-t)``.
-
-    Args:
-        cell: a ``jgrad.rnn.vanilla`` cell (the bound is stated for it only).
-        params, xs, carry0: as :func:`rnn_step_jacobians`.
-
-    Returns:
-        A :class:`PascanuBound`.
-
-    References:
-        Pascanu, Mikolov & Bengio, ICML 2013, arXiv:1211.5063, section 3.1.
-    """
-    _checks.cell("cell", cell)
-    if cell.kind != "vanilla":
-        raise ValueError(
-            f"`cell` must be a vanilla RNN for the Pascanu bound, got a {cell.kind} cell. "
-            "For gated cells use rnn_jacobian_products or lyapunov_spectrum."
-        )
-    gamma = float(cell.options["gamma"])
-    w_norm = jnp.linalg.norm(params["w_hh"], ord=2)
-    bound = gamma * w_norm
-    prods = rnn_jacobian_products(cell, params, xs, carry0)
-    log_norms = log_singular_values(prods)[:, 0]
-    T = log_norms.shape[0]
-    dist = (T - jnp.arange(T)).astype(log_norms.dtype)  # T - t for t = 0..T-1
-    ok = jnp.isfinite(log_norms)
-    count = jnp.sum(ok).astype(log_norms.dtype)
-    xm = jnp.sum(jnp.where(ok, dist, 0.0)) / count
-    ym = jnp.sum(jnp.where(ok, log_norms, 0.0)) / count
-    slope = jnp.sum(jnp.where(ok, (dist - xm) * (log_norms - ym), 0.0)) / jnp.sum(
-        jnp.where(ok, (dist - xm) ** 2, 0.0)
-    )
-    return PascanuBound(
-        gamma=gamma,
-        w_hh_norm=w_norm,
-        bound=bound,
-        vanishing_guaranteed=bound < 1,
-        exploding_possible=w_norm > 1 / gamma,
-        measured_rate=jnp.exp(slope),
-        log_norms=log_norms,
     )
