@@ -99,9 +99,8 @@ def _gesdd_each(fn, flat: np.ndarray, out: np.ndarray, idx: np.ndarray) -> None:
     Each matrix is copied into one scratch matrix (gesdd overwrites its input), checked
     there and decomposed while it is in cache, and the values are written straight into
     ``out`` (C-contiguous, ``flat``'s dtype): no copy of the whole chunk (memory of the
-    order of the batch; the same speed on 2 CPU cores, session 9). The arguments are
-    built once per chunk: per call, ctypes' argument conversion is then the only Python
-    overhead (about 60 us a matrix before, when each call rebuilt them)."""
+    order of the batch). The arguments are built once per chunk: per call, ctypes'
+    argument conversion is then the only Python overhead."""
     _, m, n = flat.shape
     r = min(m, n)
     a = np.empty((m, n), flat.dtype)

@@ -3,11 +3,10 @@
 JAX's default precision for float32 matrix products is the backend's fastest: TF32 on
 NVIDIA GPUs since Ampere (a 10-bit mantissa, relative error about 5e-4 a product), one
 bfloat16 pass on TPUs. A product of L Jacobians computed that way carries about L such
-errors, so its smaller singular values are wrong long before float32's own limit. On an
-H100 (session 9), under TF32 the top-10 log singular values of the input-output
-Jacobian of a depth-128 tanh MLP (width 128, 16 examples) were up to 0.22 off float64
-from jgrad and 0.17 from ``jax.jacrev`` + SVD; at full precision jgrad's were within
-6.3e-5, at the same speed (docs/benchmarks.md, session 9).
+errors, so its smaller singular values are wrong long before float32's own limit: on an
+H100 under TF32, the top log singular values of a depth-128 tanh MLP's input-output
+Jacobian were off float64 by about 0.2, at full precision by about 1e-4, at the same
+speed (docs/benchmarks.md records the measurement).
 
 :func:`full_precision` runs an analyzer with ``jax.default_matmul_precision("highest")``
 unless the user has set a precision (the ``jax_default_matmul_precision`` config, or an

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jgrad import _checks
 from jgrad.analyze import _rank
-from jgrad.analyze._jacobians import resolve_net
+from jgrad.analyze._network import resolve_net
 from jgrad.analyze._segments import (
     Run,
     _run_block,

@@ -9,7 +9,7 @@ import pytest
 
 import jgrad
 from jgrad import analyze, nn
-from jgrad.analyze._jacobians import resolve_net
+from jgrad.analyze._network import resolve_net
 
 
 def _f64(tree):
