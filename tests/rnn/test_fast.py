@@ -247,8 +247,23 @@ def test_scratch_memory_is_the_stored_gates_plus_three_sequences(kind, getkey):
         )
         return jnp.sum(ys**2)
 
-    assert fast <= stored + weights, (fast, stored + weights)
-    assert fast < 0.75 * temp(jax.jit(jax.grad(ref_loss)))
+    # XLA's buffer assignment, not jgrad's values: a jaxlib upgrade can move these sizes.
+    why = (
+        f"XLA's scratch size (temp_size_in_bytes, jaxlib {jax.__version__}) for "
+        f"unroll_batch's {kind} gradient is {fast} bytes"
+    )
+    hint = (
+        " This figure depends on the compiler version: if jaxlib changed, check whether "
+        "its buffer assignment now copies the in-place buffers before changing jgrad."
+    )
+    assert fast <= stored + weights, (
+        f"{why}, above the stored gates + three sequences + weights "
+        f"({stored + weights} bytes).{hint}"
+    )
+    ref = temp(jax.jit(jax.grad(ref_loss)))
+    assert fast < 0.75 * ref, (
+        f"{why}, not below 0.75x plain autodiff's {ref} bytes.{hint}"
+    )
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
