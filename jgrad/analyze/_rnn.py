@@ -8,21 +8,8 @@ held fixed.
 
 Back-propagation through time multiplies the output gradient by ``d s_T / d s_t =
 J_T ... J_{t+1}``; when its norm decays (grows) exponentially in T - t the gradient vanishes
-(explodes). Pascanu, Mikolov & Bengio (2013) bound it for ``h_t = phi(W h_{t-1} + ...)``:
-``||J_t|| <= gamma ||W||_2`` with ``gamma = sup|phi'|``, so ``gamma ||W||_2 < 1`` is
-sufficient for vanishing. The Lyapunov exponents of the input-driven map are the asymptotic
-growth rates of the singular values of that product: a largest exponent below 0 means
-gradients vanish exponentially, above 0 that some direction explodes (Vogt et al. 2022;
-Engelken, Wolf & Abbott 2023).
-
-References:
-    Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent neural networks",
-    ICML 2013, arXiv:1211.5063.
-    Vogt, Puelma Touzel, Shlizerman & Lajoie, "On Lyapunov exponents for RNNs: understanding
-    information propagation using dynamical systems tools", Front. Appl. Math. Stat. 2022,
-    arXiv:2006.14123.
-    Engelken, Wolf & Abbott, "Lyapunov spectra of chaotic recurrent neural networks", Phys.
-    Rev. Research 5, 2023, arXiv:2006.02427.
+(explodes). Its growth rates (Lyapunov exponents) and Pascanu et al.'s bound on it are in
+:mod:`jgrad.analyze._rnn_rates`.
 """
 
 from __future__ import annotations
