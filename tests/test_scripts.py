@@ -24,6 +24,7 @@ def _run_script(name, args, monkeypatch, out):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_bench_rnn_quick(tmp_path, monkeypatch, capsys):
     args = ["--quick", "--repeats", "1", "--kinds", "lstm,vanilla"]
     data = _run_script("bench_rnn.py", args, monkeypatch, tmp_path / "bench.json")
@@ -40,6 +41,7 @@ def test_bench_rnn_quick(tmp_path, monkeypatch, capsys):
     assert "matmul peak" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench_jacobian.json"
     data = _run_script(
@@ -82,6 +84,7 @@ def test_bench_jacobian_quick(tmp_path, monkeypatch, capsys):
     assert "matmul peak" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_svd_quick(tmp_path, monkeypatch, capsys):
     data = _run_script(
         "bench_svd.py",

@@ -58,6 +58,7 @@ def test_matches_plain_autodiff_at_every_layer(kwargs, getkey):
     )
 
 
+@pytest.mark.slow
 def test_deep_sigmoid_float32_matches_float64_beyond_underflow(getkey):
     """A depth-70 sigmoid net: the float32 gradient underflows to 0 in the lower layers, the
     log-space norms still match a float64 plain backward pass (no underflow above 1e-308)."""

@@ -345,6 +345,7 @@ def _deep_tanh_jacobians(key, depth, n, weight_var, bias_var):
     return jax.lax.scan(step, jax.random.normal(kx, (n,)), (w, b))[1]
 
 
+@pytest.mark.slow
 def test_depth_10000_float32_matches_float64(getkey):
     depth, n = 10_000, 16
     js = jax.jit(_deep_tanh_jacobians, static_argnums=(1, 2, 3, 4))(
@@ -515,7 +516,9 @@ def test_spectrum_stats_against_numpy(rng):
     with jax.enable_x64(True):
         stats = spectrum_stats(jnp.asarray(v))
         assert stats.log_spectral_norm.shape == (3, 2)
-        np.testing.assert_allclose(np.asarray(stats.log_spectral_norm), v.max(-1), rtol=1e-14)
+        np.testing.assert_allclose(
+            np.asarray(stats.log_spectral_norm), v.max(-1), rtol=1e-14
+        )
         np.testing.assert_allclose(np.asarray(stats.log_min), v.min(-1), rtol=1e-14)
         sv = np.exp(v)  # within float64's range
         np.testing.assert_allclose(

@@ -238,7 +238,6 @@ def test_products_match_jacrev_of_unrolled_map(name, rng):
     )
 
 
-@pytest.mark.slow
 def test_single_step_sequence(rng):
     """T = 1: the only product is J_1 (both scans), the exponents sum to log|det J_1|, and
     the gradient norms are ||dL/ds_1|| and ||dL/ds_1 J_1||."""

@@ -93,7 +93,10 @@ NETS = [
 ]
 
 
-@pytest.mark.parametrize("kw", NETS)
+@pytest.mark.parametrize(
+    "kw",
+    [pytest.param(kw, marks=pytest.mark.slow) for kw in NETS[:2]] + NETS[2:],
+)
 def test_every_sweep_is_the_same_with_and_without_runs(kw, getkey, monkeypatch):
     """Runs (lax.scan over stacked params, with the linearizations stored by the forward
     scan, and re-linearizing each block instead) against the unrolled per-block

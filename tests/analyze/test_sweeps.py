@@ -134,6 +134,7 @@ def test_deep_float32_sweep_neither_underflows_nor_loses_the_top_spectrum(getkey
     np.testing.assert_allclose(spec32[:3], spec64[:3], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_deep_float32_probe_scale_keeps_an_exploding_product(getkey):
     """Depth 3000 tanh at weight_var 4 (chaotic): sigma_max(d y / d x) grows beyond
     float32's 3e38 = e^88.7. input_output_spectrum (scaled by its probe row) stays finite
@@ -171,7 +172,10 @@ def test_deep_float32_probe_scale_keeps_an_exploding_product(getkey):
     assert bool(jnp.all(io[1:] < io[0] + np.log(np.finfo(np.float32).eps) + 3))
 
 
-@pytest.mark.parametrize("in_dim,out_dim", [(5, None), (3, 2)])  # equal / mixed shapes
+@pytest.mark.parametrize(
+    "in_dim,out_dim",
+    [pytest.param(5, None, marks=pytest.mark.slow), (3, 2)],  # equal / mixed shapes
+)
 def test_matrix_free_norms_are_exact_with_full_spaces(in_dim, out_dim, getkey):
     with jax.enable_x64(True):
         net = nn.mlp(
@@ -210,6 +214,7 @@ def test_matrix_free_norms_are_exact_with_full_spaces(in_dim, out_dim, getkey):
         )
 
 
+@pytest.mark.slow
 def test_matrix_free_norms_accuracy_on_a_deep_tanh_net(getkey):
     net = nn.mlp(16, 64, activation="tanh", weight_var=1.5, bias_var=0.05)
     _, params = net.init(getkey(), (64,))
@@ -240,6 +245,7 @@ def test_matrix_free_norms_accuracy_on_a_deep_tanh_net(getkey):
     np.testing.assert_allclose(reported, jnp.std(single, axis=0), rtol=0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("krylov_steps", [0, 1, 2, 3])
 def test_matrix_free_depth_taper_is_unbiased_and_bounds_below(krylov_steps, getkey):
     """L = 24 > krylov_products = 8: the 8 nearest products get all ``krylov_steps``
@@ -340,6 +346,7 @@ def test_output_norms_exact_mean_square_and_lanczos_spectral_norm(getkey):
         assert float(jnp.max(norms.mean_sq_rel_err)) == 0.0
 
 
+@pytest.mark.slow
 def test_output_norms_on_a_deep_net_against_svd_of_jacrev(getkey):
     """Depth 24, width 20 (more than ``max_lanczos_steps``: Lanczos never spans the
     whole space),
@@ -565,6 +572,7 @@ def test_deep_push_spans_the_deepest_products_top_subspace(depth, getkey):
         assert np.min(cosines(10**9)) < 0.99
 
 
+@pytest.mark.slow
 def test_matrix_free_residual_networks_get_every_product(getkey):
     """``krylov_products=None`` (the default) gives a network with residual blocks
     ``krylov_products = L``: the deep products' shortcut assumes top singular subspaces
