@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from jgrad import nn
@@ -151,6 +151,10 @@ def _params32(net, in_shape, rng):
 
 
 def _mlp_case(depth, width, in_dim, out_dim, act, residual, norm, blocks, seed):
+    # Layer norm over two features maps every input to about (+-1, -+1): its Jacobian is
+    # (up to its eps) the cancellation of O(1 / sigma) terms, so float64 jacrev's own
+    # rounding exceeds the tolerance derived below from the product of the layers' norms.
+    assume(not (norm == "layer" and width == 2 and not residual))
     net = nn.mlp(
         depth, width, activation=act, residual=residual, norm=norm, out_dim=out_dim
     )
