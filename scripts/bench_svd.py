@@ -9,7 +9,8 @@ values spread over four decades) this times:
 - ``jax.lax.linalg.svd`` with each ``SvdAlgorithm`` (QR, JACOBI, POLAR);
 - ``sqrt(eigvalsh(M M^T))``: fast, but loses every singular value below
   ``sqrt(eps) * sigma_max``;
-- jgrad's ``svd="host"`` route (NumPy's LAPACK on the host through ``jax.pure_callback``);
+- jgrad's ``svd="host"`` route (LAPACK ``?gesdd`` on the host through ``jax.pure_callback``,
+  one matrix per core, SciPy's OpenBLAS on one thread);
 - ``torch.linalg.svdvals`` on the matching torch device, when torch is installed.
 
 Each route's error is the largest ``|log s - log s_ref|`` against float64 NumPy on the same

@@ -48,10 +48,10 @@ blocks to go (so not at all below 48 blocks), and each look predicts the next fr
 decay of ``log ||T[t:]||_F``, which falls about linearly with the depth swept (the
 Lyapunov exponents), a little late rather than early (:data:`MARGIN`). Under ``vmap``
 a look first factors the batch's first example alone (:func:`prefilter`): when that one
-does not fit the next bucket, no example is factored. Measured on a 2-core CPU, 16
-examples of width 128: a chaotic tanh network (weight variance 1.5) of 128
-blocks in 0.72x the time of the uncompressed sweep (32 rows kept at the input); an
-orthogonal linear one (nothing to drop) 1.02x; 64 blocks 1.01-1.02x either way.
+does not fit the next bucket, no example is factored. What it saves depends on how fast
+the spectrum spreads: a chaotic tanh network at depth 128 reaches the input in far fewer
+rows than it started with; an orthogonal linear one (nothing to drop) keeps all of them
+and pays only the looks (docs/benchmarks.md has the times).
 """
 
 from __future__ import annotations

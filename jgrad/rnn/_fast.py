@@ -33,8 +33,8 @@ from jgrad.rnn._unroll import unroll as unroll_one
 
 __all__ = ["unroll_batch"]
 
-# unroll_batch's default scan unroll, by backend (scripts/bench_rnn.py: the fast path
-# with unroll=4 against 1 took 0.57-0.87x on an H100, 1.01-1.54x on a 2-core CPU).
+# unroll_batch's default scan unroll, by backend: the faster in scripts/bench_rnn.py on an
+# H100 and on a 2-core CPU (docs/benchmarks.md).
 DEFAULT_UNROLL = {"cpu": 1, "accelerator": 4}
 
 
@@ -84,9 +84,9 @@ def unroll_batch(
             :func:`jgrad.rnn.unroll`). Padded steps keep the carry and output 0.
         unroll: ``lax.scan``'s unroll factor, forward and backward; it also picks the
             memory layout (above). None (default): the best measured factor for JAX's
-            default backend, ``DEFAULT_UNROLL``: 1 on CPU, 4 elsewhere. On an H100, 4 took
-            0.57-0.87x the time of 1 at every shape measured. On a 2-core CPU, 4 took
-            1.01-1.54x (docs/benchmarks.md). TPUs were not measured.
+            default backend, ``DEFAULT_UNROLL``: 1 on CPU, 4 elsewhere (the faster of the
+            two at every shape of ``scripts/bench_rnn.py`` on an H100 and on a 2-core
+            CPU: docs/benchmarks.md). TPUs were not measured.
         grad_clip, grad_clip_mode: clip dL/ds_t at every step, as in :func:`jgrad.rnn.unroll`.
 
     Returns:
