@@ -1,44 +1,32 @@
 """Singular values computed by LAPACK on the host CPU, from inside a jitted program.
 
-XLA's GPU SVD handles a batch of matrices larger than 32 x 32 one matrix at a time: on an
-H100, the singular values of 16 matrices of 256 x 256 took 106 ms and of 512 of them 3.5 s
-(jax 0.11.2; torch's ``linalg.svdvals`` on the same GPU took as long). A host core does
-one such matrix in about 3 ms in float32 LAPACK, and the host has several cores.
-``svd="host"`` on the spectrum functions moves the SVD there through
+XLA's GPU SVD handles a batch of matrices larger than 32 x 32 one matrix at a time, and
+XLA's CPU SVD runs on one core inside a loop (``lax.map``, ``lax.scan``), where the sweeps
+take theirs. ``svd="host"`` on the spectrum functions moves the SVD to the host through
 :func:`jax.pure_callback`: the matrices are copied to host memory, split over a thread
-pool, and the values copied back.
+pool with one worker per core, and the values copied back. docs/benchmarks.md
+(``scripts/bench_svd.py``) has the times of every route.
 
 The LAPACK routine is ``sgesdd``/``dgesdd`` (no singular vectors) in the matrix's own
 precision, called through ctypes on the function pointers SciPy publishes in
 ``scipy.linalg.cython_lapack`` (a public Cython API; SciPy is a dependency of JAX). ctypes
-releases the GIL for the call, so the pool's threads run in parallel: 22.8 ms for 16
-graded 256 x 256 float32 matrices on 2 cores, against 43.6 ms on one (SciPy's own
-``lapack.sgesdd`` wrapper keeps the GIL: 42.6 ms on 2 threads; NumPy's ``svd`` promotes
-float32 to float64: 44.8 ms on 2 threads). The values are those of float32 LAPACK, as
-XLA's CPU SVD gives them (largest log error 8.3e-7 on those matrices; float64 matrices
-to 4e-15). Without SciPy's Cython LAPACK, NumPy's ``svd`` is used.
-
-Where it helps on a CPU: XLA's CPU SVD runs a batch on all cores at the top level of a
-program, but on one core inside a loop (``lax.map``, ``lax.scan``: 1433 against 782 ms for
-32 batches of 16 such matrices on 2 cores; 1451 and 1524 ms with the process pinned to
-one core). The sweeps SVD their products inside their loop, so ``svd="host"`` brings
-``output_spectra`` back to the parallel rate. A callback has no derivative: under
-``jax.grad``/``jvp`` the values and their derivative come from XLA's SVD (with
-singular vectors) instead, so differentiating costs what ``svd="device"`` costs. On
-the H100 machine (with the NumPy route) it gained 1.5-2.1x, less than its 16 cores
-promise (about 107 ms per callback of 16 matrices: the threads did not run in parallel
-there, cause not established).
+releases the GIL for the call, so the pool's threads run in parallel (SciPy's own
+``lapack.sgesdd`` wrapper keeps the GIL; NumPy's ``svd`` promotes float32 to float64).
+The values are those of float32 (float64) LAPACK, as XLA's CPU SVD gives them; the tests
+compare them with the device path. Without SciPy's Cython LAPACK, NumPy's ``svd`` is
+used. A callback has no derivative: under ``jax.grad``/``jvp`` the values and their
+derivative come from XLA's SVD (with singular vectors) instead, so differentiating costs
+what ``svd="device"`` costs.
 
 The pool gives each core one matrix, so each ``?gesdd`` runs its BLAS on one thread
 (:func:`one_blas_thread`, for the duration of the callback; the count is restored
 after). SciPy's OpenBLAS (the library of the ctypes route, and of XLA's CPU LAPACK
 custom calls) otherwise starts as many threads as cores for every call: with the pool,
-more threads than cores, which busy-wait on each other. Only that library is limited,
-not NumPy's own OpenBLAS. On 2 shared cores (load average near 9), input-output spectra
-at L=32, N=256, 16 examples: 399 ms against 2825 ms without the limit (medians of 15
-interleaved rounds), as fast as ``OPENBLAS_NUM_THREADS=1`` makes it. LAPACK calls that
-XLA makes inside a program (``jnp.linalg.qr``, the pivoted QR of ``compress=True``) are
-outside this scope and run on OpenBLAS's threads.
+more threads than cores, which busy-wait on each other, and a user who has not set
+``OPENBLAS_NUM_THREADS=1`` would get a much slower spectrum. Only that library is
+limited, not NumPy's own OpenBLAS. LAPACK calls that XLA makes inside a compiled program
+(``jnp.linalg.qr``, the pivoted QR of ``compress=True``) are outside this scope and run
+on OpenBLAS's threads.
 """
 
 from __future__ import annotations
