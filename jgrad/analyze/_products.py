@@ -336,10 +336,10 @@ def log_singular_values(
             ``"device"``: XLA's SVD on the array's device. ``"host"``: LAPACK ``?gesdd``
             on the host CPU through ``jax.pure_callback``, threaded over the batch, in
             the matrix's precision. On a GPU this is far faster for matrices larger than
-            32 x 32, which XLA's GPU SVD takes one at a time (H100: 16 of 256 x 256 in
-            106 ms). On a CPU it is as fast as XLA's SVD at the top level of a program
-            and about twice as fast inside a loop, where XLA's runs on one core; a
-            callback costs about 0.4 ms, which decides for small matrices. Differentiating
+            32 x 32, which XLA's GPU SVD takes one at a time. On a CPU it is as fast as
+            XLA's SVD at the top level of a program and faster inside a loop, where
+            XLA's runs on one core; the callback's fixed cost decides for small
+            matrices (docs/benchmarks.md has the times). Differentiating
             it falls back to XLA's SVD for the values and their derivative (see
             ``jgrad.analyze._host_svd``).
 

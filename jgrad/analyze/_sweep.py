@@ -68,9 +68,8 @@ def sum_scale(m, s):
     the speed of a plain ``jax.jacrev``; the scale convention does not change singular
     values. The scaled entries are at most 1 and sum to 1, so their squares neither
     overflow nor all underflow. A sum rather than max|entry|: XLA's CPU sum reduces at
-    the memory rate, its NaN-propagating max does not (57.3 against 58.8 ms for the 128
-    steps of a 128-wide sweep of 16 examples, 2-core CPU). In float32 the sum
-    overflows only when one block multiplies the product's entries by about 1e34."""
+    the memory rate, its NaN-propagating max does not. In float32 the sum overflows only
+    when one block multiplies the product's entries by about 1e34."""
     a = jnp.sum(jnp.abs(m))
     return jnp.where(a > 0, a, 1.0), s + safe_log(a)
 
@@ -121,8 +120,7 @@ def sweep(net, params, x, blocks, train, key, emit, init=lambda m: (), probe=Fal
     products): the product carries one more row, ``z = g^T P_l`` for a fixed row g of
     random signs, pulled back by the same matmuls, and every step is scaled by
     ``||z||_1`` instead of sum|entries| of the whole product: a reduction over one row
-    instead of a pass over the product (3.2 ms of a 57 ms sweep at L = 128, N = 128, 16
-    examples, 2-core CPU). The scale stays safe: ``sum|P| >= ||z||_1`` (the signs are
+    instead of a pass over the product. The scale stays safe: ``sum|P| >= ||z||_1`` (the signs are
     +-1), so the scaled entries never all underflow, and they exceed ``||z||_1`` only
     by the factor ``||u||_1 / |g . u|`` for the product's column directions u, a
     random projection's (about sqrt(n) / 0.7 typically). ``emit`` gets the rows without
