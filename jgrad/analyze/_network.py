@@ -8,6 +8,7 @@ items are Layers, flax ``linen.Module``s (params entry: the module's variables) 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -16,7 +17,14 @@ import jax.numpy as jnp
 from jgrad import _checks
 from jgrad.nn._layer import Layer, check_info
 
-__all__ = ["Network", "as_layers", "resolve_net"]
+__all__ = [
+    "Network",
+    "as_layers",
+    "check_input",
+    "check_params_shapes",
+    "example_rank",
+    "resolve_net",
+]
 
 
 class Network(NamedTuple):
@@ -135,3 +143,132 @@ def resolve_net(net: Any, params: Any, blocks: bool) -> Network:
     if not ends or ends[-1] != len(layers) - 1:
         ends = ends + (len(layers) - 1,)
     return Network(layers, params, ends)
+
+
+_SHAPE_PRESERVING = ("elementwise", "batch_norm")
+
+
+def example_rank(layers: tuple[Layer, ...]) -> int | None:
+    """The rank of one example's input, read from the first layer that declares it
+    (``LayerInfo.in_rank``) behind shape-preserving layers; None when unknown."""
+    for layer in layers:
+        info = layer.info
+        if info.in_rank is not None:
+            return info.in_rank
+        if info.kind == "serial":
+            return example_rank(info.layers)
+        if info.kind == "residual":
+            return example_rank((info.block,))
+        if info.kind not in _SHAPE_PRESERVING:
+            return None
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _init_params(layers: tuple[Layer, ...], in_shape: tuple[int, ...]):
+    """Abstract params (ShapeDtypeStructs) that the layers' ``init`` gives, in order."""
+
+    def init_all(key):
+        shape, out = in_shape, []
+        for layer, k in zip(layers, jax.random.split(key, len(layers)), strict=True):
+            shape, p = layer.init(k, shape)
+            out.append(p)
+        return out
+
+    return jax.eval_shape(init_all, jax.random.key(0))
+
+
+def _path_str(path) -> str:
+    return "".join(
+        f"[{p.idx}]"
+        if hasattr(p, "idx")
+        else f"[{p.key!r}]"
+        if hasattr(p, "key")
+        else str(p)
+        for p in path
+    )
+
+
+def check_params_shapes(
+    layers: tuple[Layer, ...], params: Any, in_shape: tuple[int, ...]
+) -> None:
+    """Raises ValueError if ``params`` (one entry per layer) do not have the structure and
+    shapes that the layers' ``init`` gives for an example of shape ``in_shape`` (params of
+    another network, e.g. another width). Computed abstractly (``jax.eval_shape``, no
+    arrays made) and cached per network and shape; a network whose ``init`` cannot run
+    abstractly (a flax module, a plain function) is not checked."""
+    shape = tuple(int(d) for d in in_shape)
+    try:
+        want = _init_params(tuple(layers), shape)
+    except ValueError:
+        raise
+    except Exception:  # noqa: BLE001 - no abstract init: nothing to compare with
+        return
+    for i, (p, w) in enumerate(zip(params, want, strict=True)):
+        got_tree, want_tree = jax.tree.structure(p), jax.tree.structure(w)
+        if got_tree != want_tree:
+            raise ValueError(
+                f"`params[{i}]` must have the structure net.init gives for layer {i} "
+                f"({want_tree}), got {got_tree}. These params belong to a different "
+                "network; pass the params returned by net.init for this net."
+            )
+        got_leaves = jax.tree_util.tree_flatten_with_path(p)[0]
+        for (path, g), w_leaf in zip(got_leaves, jax.tree.leaves(w), strict=True):
+            if tuple(jnp.shape(g)) != tuple(w_leaf.shape):
+                raise ValueError(
+                    f"`params[{i}]{_path_str(path)}` must have shape "
+                    f"{tuple(w_leaf.shape)} (what net.init gives for an input of shape "
+                    f"{shape}), got {tuple(jnp.shape(g))}. These params belong to a "
+                    "different network (another width or input size?); pass the params "
+                    "returned by net.init(key, in_shape) for this net."
+                )
+
+
+def check_input(fn: str, net: Any, params: Any, x: Any, *, one_example: bool) -> None:
+    """Validates an analyzer's ``x`` and ``params`` before tracing.
+
+    ``x`` must be a non-empty floating-point array (not a list, not integer or complex).
+    A function that takes ONE example (``one_example=True``) refuses a batch, with the
+    ``vmap`` to use; a batch-or-example function accepts leading batch axes. The params
+    are compared with the shapes ``net.init`` gives for the example's shape.
+
+    Raises:
+        ValueError: naming the argument, what was expected, what was given and the fix.
+    """
+    if (
+        isinstance(x, (list, tuple))
+        or not hasattr(x, "shape")
+        or not hasattr(x, "dtype")
+    ):
+        raise ValueError(
+            f"`x` must be an array (jax or NumPy), got {type(x).__name__}. Convert it "
+            "with jnp.asarray(x, jnp.float32)."
+        )
+    dtype = jnp.dtype(x.dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"`x` must be a real floating-point array (float32 or float64), got dtype "
+            f"{dtype}. Jacobians and gradients are taken with respect to x; convert it "
+            "with x.astype(jnp.float32)."
+        )
+    shape = tuple(x.shape)
+    if 0 in shape:
+        raise ValueError(
+            f"`x` must hold at least one value, got shape {shape}. Pass one example (or "
+            "a non-empty batch)."
+        )
+    layers, _ = as_layers(net)
+    rank = example_rank(layers)
+    if one_example and rank is not None and len(shape) != rank:
+        example = shape[-rank:] if len(shape) > rank else f"(rank {rank})"
+        raise ValueError(
+            f"`x` must be ONE example of rank {rank} for {fn} (shape {example}), got "
+            f"shape {shape}. For a batch, vmap over it: jax.vmap(lambda x: "
+            f"jgrad.analyze.{fn}(net, params, x))(xs), which returns one result per "
+            "example."
+        )
+    in_shape = shape[-rank:] if rank is not None and len(shape) >= rank else shape
+    if isinstance(params, (tuple, list)) and len(params) == len(layers):
+        check_params_shapes(layers, params, in_shape)
+    elif len(layers) == 1:
+        check_params_shapes(layers, (params,), in_shape)

@@ -15,7 +15,7 @@ from jax import lax
 from jgrad import _checks
 from jgrad import init as _init
 from jgrad.nn._dense import weight_init
-from jgrad.nn._layer import Layer, lead, plain_layer
+from jgrad.nn._layer import Layer, LayerInfo, lead, plain_layer
 
 __all__ = ["conv2d", "avg_pool", "global_avg_pool", "flatten"]
 
@@ -102,7 +102,7 @@ def conv2d(
         y = y + lead(params["b"], y.ndim)
         return y[0] if single else y
 
-    return plain_layer(init, fn)
+    return plain_layer(init, fn, LayerInfo(in_rank=3))
 
 
 def avg_pool(
@@ -132,7 +132,7 @@ def avg_pool(
         y = y / (win[0] * win[1])
         return y[0] if single else y
 
-    return plain_layer(init, fn)
+    return plain_layer(init, fn, LayerInfo(in_rank=3))
 
 
 def global_avg_pool() -> Layer:
@@ -146,7 +146,7 @@ def global_avg_pool() -> Layer:
         _checks.rank("x", jnp.shape(x), (3, 4), _IMAGE_FIX)
         return jnp.mean(x, axis=(-3, -2))
 
-    return plain_layer(init, fn)
+    return plain_layer(init, fn, LayerInfo(in_rank=3))
 
 
 def flatten() -> Layer:

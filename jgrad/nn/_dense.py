@@ -81,7 +81,7 @@ def dense(
         return y + lead(params["b"], y.ndim)
 
     # kind "dense": the analyzers use the closed-form Jacobian w^T
-    return plain_layer(init, fn, LayerInfo(kind="dense"))
+    return plain_layer(init, fn, LayerInfo(kind="dense", in_rank=1))
 
 
 def maxout(
@@ -130,4 +130,4 @@ def maxout(
         z = z + lead(params["b"], z.ndim)
         return jnp.max(z, axis=-2)
 
-    return plain_layer(init, fn)
+    return plain_layer(init, fn, LayerInfo(in_rank=1))

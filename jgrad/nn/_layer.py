@@ -26,6 +26,9 @@ declared metadata:
                                 batch (batch norm): there is no per-example Jacobian
   ``layers``, ``block_ends``    ``"serial"``: the composed layers in order, and the indices
                                 of those whose outputs are the blocks' outputs h_l
+  ``in_rank``                   the rank of ONE example's input (dense 1, conv 3), or
+                                None: any rank; the analyzers that take one example use it
+                                to refuse a batch
   ============================  ==========================================================
 
   :func:`walk` visits a layer and every layer inside it (a serial's layers, a residual's
@@ -83,6 +86,7 @@ class LayerInfo(NamedTuple):
         layers: the layers a ``"serial"`` layer composes, first to last.
         block_ends: for ``"serial"``: the indices into ``layers`` of the layers whose
             outputs are the blocks' outputs h_l, increasing.
+        in_rank: the rank of one example's input (dense 1, conv 3); None: any rank.
     """
 
     kind: str | None = None
@@ -92,6 +96,7 @@ class LayerInfo(NamedTuple):
     couples_examples: bool = False
     layers: tuple[Layer, ...] = ()
     block_ends: tuple[int, ...] = ()
+    in_rank: int | None = None
 
 
 class Layer(NamedTuple):
