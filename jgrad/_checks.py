@@ -7,6 +7,9 @@ tuple) so that ``str(err)`` reads as a sentence.
 
 from __future__ import annotations
 
+import difflib
+import math
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,22 +21,64 @@ def _fail(name: str, expected: str, got: Any, fix: str | None = None) -> None:
     raise ValueError(msg)
 
 
+def _as_int(value: Any) -> int | None:
+    """``value`` as a Python int if it is an integer (int, ``np.int64``, a 0-d integer
+    array; not a bool, float or string), else None."""
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) == "bool":
+        return None
+    if getattr(value, "ndim", 0) != 0:
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def integer(name: str, value: Any, fix: str | None = None) -> int:
+    """Returns ``value`` as an int if it is an integer of any sign (``np.int64`` too),
+    else raises ValueError."""
+    v = _as_int(value)
+    if v is None:
+        _fail(name, "an integer", value, fix or f"Pass e.g. {name}=3.")
+    return v
+
+
 def positive_int(name: str, value: Any, fix: str | None = None) -> int:
-    """Returns ``value`` if it is an int >= 1, else raises ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Returns ``value`` as an int if it is an integer >= 1 (``np.int64`` too), else
+    raises ValueError."""
+    v = _as_int(value)
+    if v is None or v < 1:
         _fail(name, "a positive integer", value, fix or f"Pass e.g. {name}=8.")
-    return value
+    return v
 
 
 def non_negative_int(name: str, value: Any, fix: str | None = None) -> int:
-    """Returns ``value`` if it is an int >= 0, else raises ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    """Returns ``value`` as an int if it is an integer >= 0 (``np.int64`` too), else
+    raises ValueError."""
+    v = _as_int(value)
+    if v is None or v < 0:
         _fail(name, "a non-negative integer", value, fix or f"Pass e.g. {name}=2.")
-    return value
+    return v
+
+
+def real(name: str, value: Any, fix: str | None = None) -> float:
+    """Returns ``float(value)`` if it is a finite real number of any sign (not NaN, not
+    inf, not a bool or string), else raises ValueError."""
+    if isinstance(value, (bool, str)) or getattr(value, "ndim", 0) != 0:
+        _fail(name, "a finite real number", value, fix or f"Pass e.g. {name}=1.0.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        _fail(name, "a finite real number", value, fix or f"Pass e.g. {name}=1.0.")
+    if not math.isfinite(v):
+        _fail(name, "a finite real number", value, fix or f"Pass e.g. {name}=1.0.")
+    return v
 
 
 def non_negative(name: str, value: Any, fix: str | None = None) -> float:
     """Returns ``float(value)`` if it is a finite real >= 0, else raises ValueError."""
+    if isinstance(value, (bool, str)):
+        _fail(name, "a non-negative number", value, fix)
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -53,6 +98,8 @@ def positive(name: str, value: Any, fix: str | None = None) -> float:
 
 def probability(name: str, value: Any) -> float:
     """Returns ``float(value)`` if it lies in [0, 1), else raises ValueError."""
+    if isinstance(value, (bool, str)):
+        _fail(name, "a number in [0, 1)", value)
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -76,11 +123,43 @@ def boolean(name: str, value: Any) -> bool:
 
 
 def choice(name: str, value: Any, options: Iterable[str]) -> str:
-    """Returns ``value`` if it is one of ``options``, else raises ValueError listing them."""
+    """Returns ``value`` if it is one of ``options``, else raises ValueError listing them
+    all and suggesting the closest (``"rleu"`` -> "Did you mean 'relu'?")."""
     options = list(options)
     if not isinstance(value, str) or value not in options:
-        _fail(name, f"one of {options}", value, "Pick one of the listed names.")
+        close = (
+            difflib.get_close_matches(value.lower(), options, n=1, cutoff=0.6)
+            if isinstance(value, str)
+            else []
+        )
+        fix = f"Did you mean {close[0]!r}? " if close else ""
+        _fail(name, f"one of {options}", value, fix + "Pick one of the listed names.")
     return value
+
+
+def prng_key(name: str, value: Any, *, optional: bool = False) -> Any:
+    """Returns ``value`` if it is a JAX PRNG key (``jax.random.key(0)`` or a legacy
+    ``jax.random.PRNGKey(0)`` uint32 array of shape (2,)), or None when ``optional``;
+    else raises ValueError (an int seed such as 0 included)."""
+    import jax
+    import jax.numpy as jnp
+
+    if value is None and optional:
+        return value
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+            return value
+        if dtype == jnp.uint32 and tuple(getattr(value, "shape", ()))[-1:] == (2,):
+            return value
+    none = " or None" if optional else ""
+    _fail(
+        name,
+        f"a JAX PRNG key{none}",
+        value if dtype is None else f"an array of dtype {dtype}",
+        f"Make one from a seed with {name}=jax.random.key(0), and split it for each use "
+        "(jax.random.split).",
+    )
 
 
 def feature_size(
