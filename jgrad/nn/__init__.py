@@ -22,6 +22,9 @@ from jgrad.nn._norm import batch_norm as batch_norm
 from jgrad.nn._norm import layer_norm as layer_norm
 from jgrad.nn._regularize import dropout as dropout
 from jgrad.nn._regularize import residual as residual
+from jgrad.nn._repeat import repeat as repeat
+from jgrad.nn._repeat import stack_params as stack_params
+from jgrad.nn._repeat import unstack_params as unstack_params
 
 __all__ = [
     "ACTIVATIONS",
@@ -43,7 +46,10 @@ __all__ = [
     "maxout",
     "mlp",
     "prelu",
+    "repeat",
     "resnet",
     "residual",
     "serial",
+    "stack_params",
+    "unstack_params",
 ]

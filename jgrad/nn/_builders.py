@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._activations import Activation, activation, elementwise, prelu
+from jgrad.nn._activations import (
+    ACTIVATIONS,
+    Activation,
+    activation,
+    elementwise,
+    prelu,
+)
 from jgrad.nn._conv import conv2d, global_avg_pool
 from jgrad.nn._dense import dense, maxout, weight_init
 from jgrad.nn._layer import Layer, SerialLayer, serial
 from jgrad.nn._norm import batch_norm, layer_norm
 from jgrad.nn._regularize import dropout
 from jgrad.nn._regularize import residual as residual_block
+from jgrad.nn._repeat import repeat
 
 __all__ = ["mlp", "resnet", "NORMS"]
 
@@ -20,17 +27,14 @@ NORMS = (None, "batch", "layer")
 
 
 def _norm_layers(norm):
-    if norm not in NORMS:
-        raise ValueError(
-            f"`norm` must be one of {list(NORMS)}, got {norm!r}. Use 'batch' for batch norm "
-            "or 'layer' for layer norm."
-        )
+    _checks.choice("norm", norm, NORMS)
     return [] if norm is None else [batch_norm() if norm == "batch" else layer_norm()]
 
 
-def _act_layer(act):
+def _act_layer(act, options=ACTIVATIONS + ("prelu",)):
     if isinstance(act, Activation):
         return elementwise(act)
+    _checks.choice("activation", act, options)
     if act == "prelu":
         return prelu()
     return elementwise(activation(act))
@@ -50,6 +54,7 @@ def mlp(
     drop_prob: float = 0.0,
     num_pieces: int = 2,
     out_dim: int | None = None,
+    stacked: bool = False,
 ) -> SerialLayer:
     """A depth-``depth`` multilayer perceptron of constant ``width``.
 
@@ -80,11 +85,23 @@ def mlp(
         drop_prob: dropout probability after each activation (0 disables).
         num_pieces: pieces per maxout unit (only with ``activation="maxout"``).
         out_dim: if given, a final linear readout ``dense(out_dim)``.
+        stacked: the params layout, an explicit choice (never made for you). False: one
+            params entry per layer. True: blocks 2..depth (identical in code, each with
+            its own params) are ONE :func:`jgrad.nn.repeat` layer whose params are
+            stacked along a leading axis ``depth - 1``, so ``init`` and a jitted
+            ``apply`` take a time that does not grow with depth beyond the arithmetic
+            (for deep networks). The function and the distribution of every weight are
+            those of the default layout; ``jgrad.nn.stack_params`` and
+            ``jgrad.nn.unstack_params`` convert params between the two. With
+            ``depth == 1`` there is nothing to stack and the layouts coincide.
 
     Returns:
         A :class:`SerialLayer`; ``net.block_ends`` lists the indices of the layers whose
         outputs are the hidden representations h_1..h_depth (what the gradient-flow analyzers
-        report on). Params: a tuple with one entry per layer.
+        report on). Params: a tuple with one entry per layer. With ``stacked=True`` the
+        layers are the first block's, then the repeat layer, then the readout; the
+        repeat layer's index in ``block_ends`` stands for the outputs h_2..h_depth of
+        its blocks (its own output is h_depth).
 
     Raises:
         ValueError: for any invalid argument, naming it and the allowed values.
@@ -96,14 +113,17 @@ def mlp(
         >>> len(params), net.block_ends
         (6, (1, 3, 5))
     """
-    _checks.positive_int("depth", depth)
-    _checks.positive_int("width", width)
-    _checks.probability("drop_prob", drop_prob)
+    depth = _checks.positive_int("depth", depth)
+    width = _checks.positive_int("width", width)
+    drop_prob = _checks.probability("drop_prob", drop_prob)
     _checks.boolean("residual", residual)
+    residual_scale = _checks.real("residual_scale", residual_scale)
+    num_pieces = _checks.positive_int("num_pieces", num_pieces)
+    _checks.boolean("stacked", stacked)
     _norm_layers(norm)  # validates norm
-    is_maxout = activation == "maxout"
-    if not is_maxout:
-        _act_layer(activation)  # validates the name early
+    is_maxout = isinstance(activation, str) and activation == "maxout"
+    if not is_maxout:  # validates the name early
+        _act_layer(activation, ACTIVATIONS + ("prelu", "maxout"))
     weight_init("init", init, weight_var)  # validates init and weight_var
 
     def linear():
@@ -117,14 +137,23 @@ def mlp(
         return [] if is_maxout else [_act_layer(activation)]
 
     drop = [dropout(drop_prob)] if drop_prob > 0 else []
-    layers: list[Layer] = []
-    ends: list[int] = []
-    for _ in range(depth):
+
+    def block() -> list[Layer]:
         if residual:
             branch = serial(*_norm_layers(norm), *act(), *drop, linear())
-            layers.append(residual_block(branch, residual_scale))
-        else:
-            layers += [linear(), *_norm_layers(norm), *act(), *drop]
+            return [residual_block(branch, residual_scale)]
+        return [linear(), *_norm_layers(norm), *act(), *drop]
+
+    stack = stacked and depth > 1
+    layers: list[Layer] = []
+    ends: list[int] = []
+    for _ in range(1 if stack else depth):
+        layers += block()
+        ends.append(len(layers) - 1)
+    if stack:
+        body = block()
+        one = body[0] if len(body) == 1 else serial(*body, block_ends=(len(body) - 1,))
+        layers.append(repeat(one, depth - 1))
         ends.append(len(layers) - 1)
     if out_dim is not None:
         _checks.positive_int("out_dim", out_dim)
@@ -171,15 +200,12 @@ def resnet(
         He, Zhang, Ren & Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016,
         arXiv:1603.05027.
     """
-    _checks.positive_int("num_classes", num_classes)
-    _checks.positive_int("channels", channels)
-    _checks.positive_int("num_blocks", num_blocks)
+    num_classes = _checks.positive_int("num_classes", num_classes)
+    channels = _checks.positive_int("channels", channels)
+    num_blocks = _checks.positive_int("num_blocks", num_blocks)
     _checks.boolean("skip", skip)
     _norm_layers(norm)
-    if activation == "maxout":
-        raise ValueError(
-            "`activation` must be elementwise or 'prelu' for resnet, got 'maxout'."
-        )
+    _act_layer(activation)  # validates the name early: elementwise or "prelu"
     weight_init("init", init, None)
 
     def conv():

@@ -22,6 +22,8 @@ declared metadata:
   ``activation``                ``"elementwise"``: the :class:`~jgrad.nn.Activation`
                                 (closed-form derivative)
   ``block``, ``scale``          ``"residual"``: the branch Layer and its multiplier
+  ``block``, ``repeats``        ``"repeat"``: the block applied ``repeats`` times, its
+                                params stacked along a leading axis (:func:`jgrad.nn.repeat`)
   ``couples_examples``          True when ``apply(train=True)`` mixes the examples of a
                                 batch (batch norm): there is no per-example Jacobian
   ``layers``, ``block_ends``    ``"serial"``: the composed layers in order, and the indices
@@ -70,7 +72,7 @@ __all__ = [
 ]
 
 #: Values of ``LayerInfo.kind`` besides None (a layer the analyzers know nothing about).
-KINDS = ("dense", "elementwise", "residual", "batch_norm", "serial")
+KINDS = ("dense", "elementwise", "residual", "batch_norm", "serial", "repeat")
 
 
 class LayerInfo(NamedTuple):
@@ -79,7 +81,8 @@ class LayerInfo(NamedTuple):
     Attributes:
         kind: one of :data:`KINDS`, or None for any other layer.
         activation: the :class:`~jgrad.nn.Activation` of an ``"elementwise"`` layer.
-        block: the branch Layer of a ``"residual"`` layer.
+        block: the branch Layer of a ``"residual"`` layer, or the repeated block of a
+            ``"repeat"`` layer.
         scale: the multiplier of a ``"residual"`` layer's branch.
         couples_examples: True when ``apply(..., train=True)`` mixes the examples of a
             batch (batch norm), so no per-example Jacobian exists in train mode.
@@ -87,6 +90,7 @@ class LayerInfo(NamedTuple):
         block_ends: for ``"serial"``: the indices into ``layers`` of the layers whose
             outputs are the blocks' outputs h_l, increasing.
         in_rank: the rank of one example's input (dense 1, conv 3); None: any rank.
+        repeats: for ``"repeat"``: how many times ``block`` is applied (>= 1).
     """
 
     kind: str | None = None
@@ -97,6 +101,7 @@ class LayerInfo(NamedTuple):
     layers: tuple[Layer, ...] = ()
     block_ends: tuple[int, ...] = ()
     in_rank: int | None = None
+    repeats: int = 0
 
 
 class Layer(NamedTuple):
@@ -142,7 +147,8 @@ class SerialLayer(Layer):
 
 
 def sublayers(layer: Layer) -> tuple[Layer, ...]:
-    """The layers directly inside ``layer``: a serial's layers, a residual's block."""
+    """The layers directly inside ``layer``: a serial's layers, a residual's or a
+    repeat's block."""
     info = layer.info
     return info.layers + (() if info.block is None else (info.block,))
 
@@ -177,7 +183,12 @@ def check_info(layer: Layer, name: str = "layer") -> None:
                 f"{info.kind!r}. Use None for a layer the analyzers should differentiate "
                 "by autodiff."
             )
-        field = {"elementwise": "activation", "residual": "block", "serial": "layers"}
+        field = {
+            "elementwise": "activation",
+            "residual": "block",
+            "serial": "layers",
+            "repeat": "block",
+        }
         field = field.get(info.kind)
         if field is not None and not info._asdict()[field]:
             raise ValueError(
