@@ -1,14 +1,83 @@
-"""The ``jgrad`` command line."""
+"""The ``jgrad`` command line.
+
+Every option is checked while the arguments are parsed, before anything is computed: a bad
+value exits with status 2 and an argparse message that names the flag, what it must be,
+what it got and what to pass instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jgrad
 
 __all__ = ["main"]
+
+# jax.random.key takes seeds that fit a signed 64-bit integer.
+_MAX_SEED = 2**63 - 1
+
+
+def _int_type(flag: str, minimum: int, example: int) -> Callable[[str], int]:
+    """An argparse ``type=`` for an integer flag that must be >= ``minimum`` (0 or 1)."""
+    kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be {kind}, got {text if value is not None else repr(text)}. "
+                f"Pass e.g. {flag} {example}."
+            )
+        if flag == "--seed" and value > _MAX_SEED:
+            raise argparse.ArgumentTypeError(
+                f"must be at most {_MAX_SEED} (2**63 - 1), got {text}. "
+                f"Pass e.g. {flag} {example}."
+            )
+        return value
+
+    parse.__name__ = kind  # argparse names the type in some messages
+    return parse
+
+
+def _out_folder(text: str) -> str:
+    """An argparse ``type=`` for ``--out``: a folder that exists or can be created, and
+    that this process can write. Creates it (with its parents) when missing."""
+    fix = "Pass a folder you can write, e.g. --out runs/demo; it is created if missing."
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a folder path, got {text!r}. {fix}")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"must be a folder, got {text!r}, which is an existing file. {fix}"
+        )
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"cannot create folder {text!r}: {str(parent)!r} is a file. {fix}"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(
+            f"cannot write to {text!r}: no write permission on {str(parent)!r}. {fix}"
+        )
+    try:  # os.access does not see read-only mounts and the like; try it
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise argparse.ArgumentTypeError(
+            f"cannot write to {text!r}: {err.strerror or err}. {fix}"
+        ) from None
+    return text
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -20,7 +89,7 @@ def _demo(args: argparse.Namespace) -> int:
     result = run_demo(config, progress=not args.quiet)
     print(format_table(result, every=args.every))
     paths = write_demo(result, args.out)
-    print(f"\nwrote {paths['json']} and {paths['png']}")
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     failed = [n["label"] for n in result["nets"] if n["nonfinite_layers"]]
     if failed:
         print(f"warning: non-finite forward activations in {failed}", file=sys.stderr)
@@ -38,25 +107,48 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="per-layer gradient norms of deep MLPs: causes and cures side by side",
         description=(
-            "For depth-50 width-256 MLPs (sigmoid+standard init, tanh+Glorot, ReLU+Glorot, "
-            "ReLU+He, tanh+orthogonal, tanh with weight_var 4) print log10 ||dL/dh_l|| per "
-            "layer, computed in log space so underflow is still measured, and write "
-            "demo.json and demo.png to --out."
+            "For MLPs of --depth hidden layers of --width units, six settings (causes: "
+            "sigmoid+standard init, ReLU+Glorot, tanh with weight_var 4; cures: tanh+Glorot, "
+            "ReLU+He, tanh+orthogonal), print log10 ||dL/dh_l|| per layer, computed in log "
+            "space so underflow is still measured, and write demo.json, demo.png and "
+            "demo.pdf to --out."
         ),
     )
     d.add_argument(
-        "--out", default="runs/demo", help="output folder (default runs/demo)"
+        "--out",
+        type=_out_folder,
+        default="runs/demo",
+        help="output folder, created if missing (default %(default)s)",
     )
     d.add_argument(
-        "--seed", type=int, default=0, help="seed for data and init (default 0)"
-    )
-    d.add_argument("--depth", type=int, default=50, help="hidden layers (default 50)")
-    d.add_argument("--width", type=int, default=256, help="layer width (default 256)")
-    d.add_argument(
-        "--batch", type=int, default=64, help="examples in the loss (default 64)"
+        "--seed",
+        type=_int_type("--seed", 0, 0),
+        default=0,
+        help="seed for data and init, >= 0 (default %(default)s)",
     )
     d.add_argument(
-        "--every", type=int, default=1, help="print every n-th layer (default 1)"
+        "--depth",
+        type=_int_type("--depth", 1, 50),
+        default=50,
+        help="hidden layers, >= 1 (default %(default)s)",
+    )
+    d.add_argument(
+        "--width",
+        type=_int_type("--width", 1, 256),
+        default=256,
+        help="layer width and input size, >= 1 (default %(default)s)",
+    )
+    d.add_argument(
+        "--batch",
+        type=_int_type("--batch", 1, 64),
+        default=64,
+        help="examples in the loss, >= 1 (default %(default)s)",
+    )
+    d.add_argument(
+        "--every",
+        type=_int_type("--every", 1, 5),
+        default=1,
+        help="print every n-th layer (and the last), >= 1 (default %(default)s)",
     )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)

@@ -1,9 +1,9 @@
 """``jgrad demo``: per-layer gradient norms of deep MLPs, the causes and cures side by side.
 
-For depth-50, width-256 MLPs it measures ||dL/dh_l|| for l = 1..depth (h_l the output of
-hidden block l) under six textbook configurations, in log space so that a gradient below
-float32's range is still reported, and flags where the plain float32 gradient underflowed
-to zero.
+For MLPs of ``depth`` hidden layers of ``width`` units (50 and 256 by default) it measures
+||dL/dh_l|| for l = 1..depth (h_l the output of hidden block l) under six textbook
+configurations, in log space so that a gradient below float32's range is still reported,
+and flags where the plain float32 gradient underflowed to zero.
 
 Loss: ``L = mean_b 0.5 ||y_b - t_b||^2`` on a batch of standard-normal inputs x_b and
 standard-normal targets t_b, both drawn from ``seed``; the same data for every network.
@@ -210,41 +210,192 @@ def _fmt_ratio(log10_ratio: float) -> str:
     return f"{m:.2f}e{int(np.floor(log10_ratio)):+03d}"
 
 
+#: Okabe & Ito's colour-blind-safe palette (yellow left out: too faint on white). Causes
+#: take the warm colours and are dashed; cures take the cool ones and are solid.
+CAUSE_COLORS = ("#D55E00", "#E69F00", "#CC79A7", "#000000")
+CURE_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#999999")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_FONT = 11  # points; tick and legend labels use _FONT - 1
+
+#: A curve gets its own panel when its largest |log10 ratio to the last layer| exceeds this
+#: many times that of every other curve (and of the stable band).
+SPLIT_FACTOR = 3.0
+
+
+def _relative_curves(result: dict[str, Any]) -> list[np.ndarray]:
+    """log10 ||dL/dh_l|| - log10 ||dL/dh_depth|| per network (NaN where not finite)."""
+    curves = []
+    for n in result["nets"]:
+        g = np.asarray(n["log10_norm"], dtype=np.float64)
+        rel = g - g[-1] if np.isfinite(g[-1]) else np.full_like(g, np.nan)
+        curves.append(np.where(np.isfinite(rel), rel, np.nan))
+    return curves
+
+
+def split_panels(curves: list[np.ndarray], band: tuple[float, float]) -> list[int]:
+    """Indices of the curves that would flatten the rest on a shared axis.
+
+    Sorted by extent (largest ``|value|``), the curves before the first extent that
+    exceeds :data:`SPLIT_FACTOR` times the next one (and the band's half-width) go to a
+    panel of their own; the rest share the main panel. Empty when nothing dominates.
+    """
+    half = max(abs(np.log10(band[0])), abs(np.log10(band[1])))
+    ext = [float(np.nanmax(np.abs(c))) if np.isfinite(c).any() else 0.0 for c in curves]
+    order = sorted(range(len(curves)), key=lambda i: -ext[i])
+    for k in range(len(order) - 1):
+        if ext[order[k]] > SPLIT_FACTOR * max(ext[order[k + 1]], half):
+            return sorted(order[: k + 1])
+    return []
+
+
 def plot_demo(result: dict[str, Any]):
-    """A figure of log10 ||dL/dh_l|| against layer, one line per network."""
+    """A figure of the gradient norm per layer relative to the last layer, for a paper.
+
+    The y axis is ``log10 ||dL/dh_l|| / ||dL/dh_depth||``, so layer 1 reads off the ratio
+    the verdict uses, and the verdict's stable band is shaded. Causes (networks the
+    textbooks expect to vanish or explode) are dashed in warm colours, cures solid in cool
+    ones, from Okabe and Ito's colour-blind-safe palette; x marks a layer whose plain
+    float32 gradient is exactly 0. A curve whose range would flatten the others (sigmoid
+    with the standard init at the default depth; see :func:`split_panels`) is drawn in a
+    second panel with its own scale. Layer ticks are integers; text is at least 10 pt.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
-    for n in result["nets"]:
-        layers = np.arange(1, len(n["log10_norm"]) + 1)
-        (line,) = ax.plot(layers, n["log10_norm"], marker=".", label=n["label"])
+    nets = result["nets"]
+    band = tuple(result.get("stable_band", STABLE_BAND))
+    lo, hi = float(np.log10(band[0])), float(np.log10(band[1]))
+    curves = _relative_curves(result)
+    wide = split_panels(curves, band)
+    depth = result["config"]["depth"]
+    layers = np.arange(1, depth + 1)
+
+    if wide:
+        fig, axes = plt.subplots(
+            1, 2, figsize=(10, 5.4), layout="constrained", width_ratios=(2, 1)
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 5.4), layout="constrained")
+        axes = [ax]
+    n_cause = n_cure = 0
+    step = max(1, depth // 8)
+    handles = {"cause": [], "cure": []}
+    for i, (n, rel) in enumerate(zip(nets, curves, strict=True)):
+        cause = n.get("expect", "stable") != "stable"
+        if cause:
+            color, style = CAUSE_COLORS[n_cause % len(CAUSE_COLORS)], "--"
+            n_cause += 1
+        else:
+            color, style = CURE_COLORS[n_cure % len(CURE_COLORS)], "-"
+            n_cure += 1
+        ax = axes[1] if i in wide else axes[0]
+        label = n["label"] if np.isfinite(rel).any() else f"{n['label']} (non-finite)"
+        (line,) = ax.plot(
+            layers,
+            rel,
+            linestyle=style,
+            color=color,
+            linewidth=2,
+            marker=_MARKERS[i % len(_MARKERS)],
+            markevery=(i * step // len(nets), step),  # staggered: overlaps stay visible
+            markersize=6,
+            label=label,
+        )
         if n["underflow_layers"]:
             u = np.asarray(n["underflow_layers"])
-            ax.plot(u, np.asarray(n["log10_norm"])[u - 1], "x", color=line.get_color())
-    ax.set_xlabel("layer l")
-    ax.set_ylabel(r"$\log_{10} \|\partial L / \partial h_l\|$")
-    c = result["config"]
-    ax.set_title(
-        f"Gradient norm per layer, depth {c['depth']}, width {c['width']} "
-        "(x: float32 gradient is 0)"
+            ax.plot(u, rel[u - 1], "x", color=color, markersize=8, markeredgewidth=2)
+        handles["cause" if cause else "cure"].append(line)
+
+    for ax in axes:
+        ax.axhspan(lo, hi, color="0.85", zorder=0, label="stable band")
+        ax.text(
+            0.01,
+            lo,
+            " stable band",
+            transform=ax.get_yaxis_transform(),
+            va="bottom",
+            ha="left",
+            fontsize=_FONT - 1,
+            color="0.3",
+        )
+        ax.axhline(0.0, color="0.5", linewidth=0.8, zorder=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, depth + 0.5)
+        ax.set_xlabel("layer $l$", fontsize=_FONT)
+        ax.tick_params(labelsize=_FONT - 1)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(
+        r"$\log_{10}\, \|\partial L/\partial h_l\| \,/\, \|\partial L/\partial h_{"
+        + str(depth)
+        + r"}\|$",
+        fontsize=_FONT,
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if wide:
+        axes[0].set_title("other networks", fontsize=_FONT)
+        axes[1].set_title(
+            ", ".join(nets[i]["label"] for i in wide) + " (own scale)", fontsize=_FONT
+        )
+    c = result["config"]
+    fig.suptitle(
+        f"Gradient norm per layer relative to the last, depth {c['depth']}, "
+        f"width {c['width']}, seed {c['seed']}",
+        fontsize=_FONT + 1,
+    )
+
+    # Legend: causes in one column, cures in the other, then the band and the x marks.
+    blank = Line2D([], [], linestyle="none", marker="none")
+    rows = max(len(handles["cause"]), len(handles["cure"]))
+    col = {}
+    for kind in ("cause", "cure"):
+        col[kind] = handles[kind] + [blank] * (rows - len(handles[kind]))
+    band_patch = Patch(
+        facecolor="0.85", label=f"stable band: first/last in [{band[0]:g}, {band[1]:g}]"
+    )
+    under = Line2D(
+        [], [], linestyle="none", marker="x", color="0.2", markersize=8,
+        markeredgewidth=2, label="plain float32 gradient is 0",
+    )  # fmt: skip
+    any_under = any(n["underflow_layers"] for n in nets)
+    entries = (
+        [Line2D([], [], linestyle="none", label="causes (dashed)")]
+        + col["cause"]
+        + [band_patch]
+        + [Line2D([], [], linestyle="none", label="cures (solid)")]
+        + col["cure"]
+        + [under if any_under else blank]
+    )
+    labels = [h.get_label() if h is not blank else "" for h in entries]
+    fig.legend(
+        entries,
+        labels,
+        loc="outside lower center",
+        ncol=2,
+        fontsize=_FONT - 1,
+        frameon=False,
+        handlelength=3,
+    )
     return fig
 
 
 def write_demo(result: dict[str, Any], out: str | Path) -> dict[str, Path]:
-    """Writes ``demo.json`` and ``demo.png`` into ``out`` atomically; returns their paths."""
+    """Writes ``demo.json``, ``demo.png`` and ``demo.pdf`` (vector, fonts embedded as
+    TrueType) into ``out``, each atomically; returns their paths by kind."""
     import matplotlib.pyplot as plt
 
     out = Path(out)
     paths = {"json": save_json(result, out / "demo.json")}
     fig = plot_demo(result)
     try:
-        paths["png"] = save_figure(fig, out / "demo.png", dpi=120)
+        paths["png"] = save_figure(fig, out / "demo.png", dpi=150)
+        with plt.rc_context({"pdf.fonttype": 42}):
+            paths["pdf"] = save_figure(
+                fig, out / "demo.pdf", metadata={"CreationDate": None}
+            )
     finally:
         plt.close(fig)
     return paths

@@ -2,7 +2,9 @@
 
 A crash or Ctrl-C mid-write never leaves a half-written file where a good one was: each
 file is written to a temporary name in the same folder and moved into place with
-``os.replace``, which is atomic on POSIX and Windows.
+``os.replace``, which is atomic on POSIX and Windows. The file gets the mode a plain
+``open(path, "w")`` would give it (``0o666`` less the process umask), not the owner-only
+mode of the temporary file, so colleagues on a shared machine can read results as usual.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +25,32 @@ import numpy as np
 __all__ = ["atomic_write", "save_json", "save_figure", "provenance", "to_jsonable"]
 
 
+_PROC_STATUS = "/proc/self/status"
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux 4.7+
+    lists it in /proc/self/status); elsewhere set and restored under a lock."""
+    try:
+        with open(_PROC_STATUS, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        old = os.umask(0o077)
+        os.umask(old)
+    return old
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Calls ``write(tmp_path)`` then moves ``tmp_path`` onto ``path`` atomically.
 
-    Creates missing parent folders. On any exception the temporary file is removed and
-    ``path`` is left as it was.
+    Creates missing parent folders. The file's mode is ``0o666 & ~umask`` (what
+    ``open(path, "w")`` gives a new file: ``0o644`` under the common umask ``0o022``).
+    On any exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +58,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
