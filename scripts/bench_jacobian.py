@@ -288,6 +288,7 @@ def main(argv=None):
         if tc is not None:
             res[torch_name] = tc
         res["a: jgrad input_output_spectrum"], io = time_jit(jgrad_io, (xs,))
+        io = io.log_sv  # a Spectrum: (log_sv, nonfinite)
         res["a: jgrad input_output_spectrum svd=device"], _ = time_jit(
             jax.vmap(
                 lambda x: analyze.input_output_spectrum(net, params, x, svd="device")
@@ -341,7 +342,7 @@ def main(argv=None):
         mats_l = jax.jit(
             jax.vmap(
                 lambda x: jnp.stack(
-                    [p.matrix for p in analyze.output_sweep(net, params, x)]
+                    [p.matrix for p in analyze.output_sweep(net, params, x).products]
                 )
             )
         )(xs).reshape(L * B, N, N)
@@ -354,7 +355,7 @@ def main(argv=None):
 
         # (c) cheap summaries
         keys = jax.random.split(jax.random.key(4), B)
-        exact = jnp.stack(spectra, axis=1)  # (B, L, N)
+        exact = jnp.stack(spectra.log_sv, axis=1)  # (B, L, N)
         ex_sn = exact[..., 0]
         ex_ms = analyze.spectrum_stats(exact).log_mean_sq
         accuracy = {}

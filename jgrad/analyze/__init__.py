@@ -128,3 +128,14 @@ __all__ += [
     "output_spectra",
     "output_sweep",
 ]
+
+from jgrad.analyze._rnn_rates import Lyapunov as Lyapunov  # noqa: E402
+
+__all__ += ["Lyapunov"]
+
+from jgrad.analyze._nonfinite import NonFinite as NonFinite  # noqa: E402
+from jgrad.analyze._nonfinite import NonFiniteWarning as NonFiniteWarning  # noqa: E402
+from jgrad.analyze._records import Spectrum as Spectrum  # noqa: E402
+from jgrad.analyze._records import Sweep as Sweep  # noqa: E402
+
+__all__ += ["NonFinite", "NonFiniteWarning", "Spectrum", "Sweep"]

@@ -65,7 +65,7 @@ from jgrad.analyze._row_sweeps import (
     push_rows,
     push_sum,
 )
-from jgrad.analyze._segments import segments, split_at
+from jgrad.analyze._segments import forward_bad, segments, split_at
 from jgrad.nn._layer import walk
 
 # the default krylov_products of a network without residual blocks
@@ -288,7 +288,8 @@ def matrix_free_norms(
 ):
     """The module docstring's steps, arguments as :func:`jgrad.analyze.output_norms`
     (validated there; ``krylov_products=None`` resolved here). Returns
-    (log_spectral_norm, log_mean_sq, mean_sq_rel_err), each (L,)."""
+    (log_spectral_norm, log_mean_sq, mean_sq_rel_err), each (L,), and ``(L+1,)`` bool:
+    block output ``h_k`` non-finite."""
     layers, _, ends = resolve_net(net, params, blocks)
     L = len(ends)
     if krylov_products is None:  # residual products stay near isometries: no shortcut
@@ -311,7 +312,8 @@ def matrix_free_norms(
     k_start, k_rest = jax.random.split(probe_key)
     if block_size * (krylov_steps + 1) >= ny:  # Q spans the output space: exact
         s = summarise([full_space_group(segs, ny, dtype)])
-        return assemble(s.log_spectral_norm, s.log_fro2, s.mean_sq_rel_err, shapes, ny)
+        out = assemble(s.log_spectral_norm, s.log_fro2, s.mean_sq_rel_err, shapes, ny)
+        return (*out, forward_bad(segs, y))
     start = jnp.linalg.qr(jax.random.normal(k_start, (ny, block_size), dtype))[0].T
     head, near = split_at(segs, L - near_len)
     near_rest, tail = split_at(near, near_len - t)
@@ -348,4 +350,5 @@ def matrix_free_norms(
             refine_tail(maps, starts, fro_t, sn[L - t :], lanczos_steps)
         )
     # 7. the mean squares
-    return assemble(sn, s.log_fro2, s.mean_sq_rel_err, shapes, ny)
+    out = assemble(sn, s.log_fro2, s.mean_sq_rel_err, shapes, ny)
+    return (*out, forward_bad(segs, y))

@@ -17,7 +17,15 @@ import jax.numpy as jnp
 
 from jgrad import _checks
 from jgrad.analyze._logspace import safe_div, vec_norm
-from jgrad.analyze._network import as_layers, resolve_net
+from jgrad.analyze._network import as_layers, check_input, resolve_net
+from jgrad.analyze._nonfinite import (
+    NonFinite,
+    first_true,
+    last_true,
+    no_nonfinite,
+    nonfinite_record,
+    reports_nonfinite,
+)
 from jgrad.analyze._precision import full_precision
 from jgrad.nn._layer import Layer, split_keys
 
@@ -33,17 +41,26 @@ class GradFlow(NamedTuple):
     Attributes:
         log10_norm: (K+1,) log10 ||dL/dh_k|| (Frobenius norm over the whole input batch),
             computed stably; ``-inf`` only when the gradient is exactly zero (a dead ReLU
-            layer), never because of underflow.
+            layer), never because of underflow; NaN where computed from a NaN or inf
+            (a non-finite h_j with j >= k, loss or cotangent).
         raw_norm: (K+1,) ||dL/dh_k|| from the plain float32 backward pass (what ``jax.grad``
             gives); 0 where it underflowed.
         underflow: (K+1,) bool, every entry of the plain float32 gradient dL/dh_k is exactly
-            zero although the stable norm is finite: it underflowed.
+            zero although the stable norm is finite: it underflowed (False where NaN).
         forward_finite: (K+1,) bool, every entry of h_k is finite.
         loss: the scalar loss.
         param_log10_norm: a tuple with one entry per layer, shaped like that layer's params,
             holding log10 ||dL/dtheta|| for every parameter leaf (computed in the same
             backward pass with the same rescaling, so an underflowing gradient is still
-            reported).
+            reported); NaN where computed from a NaN or inf.
+        nonfinite: a :class:`NonFinite`: ``forward`` the first k whose h_k holds a NaN
+            or inf (k = 0 the input x); ``backward`` the first k, met going from the
+            output to the input, whose ``log10_norm`` is NaN or inf although h_k..h_K,
+            the loss and the cotangent above were finite (k = K when the loss or its
+            gradient is non-finite); -1 for none.
+        log10_act_norm: (K+1,) log10 ||h_k|| (Frobenius norm over the batch), scaled by
+            max|h_k| first, so it is finite wherever h_k is (an exploding network's
+            norms up to the overflow); NaN where h_k holds a NaN or inf.
     """
 
     log10_norm: jax.Array
@@ -52,6 +69,8 @@ class GradFlow(NamedTuple):
     forward_finite: jax.Array
     loss: jax.Array
     param_log10_norm: tuple = ()
+    nonfinite: NonFinite = no_nonfinite()
+    log10_act_norm: jax.Array | None = None
 
 
 def net_layers(net: Layer | tuple | list) -> tuple[Layer, ...]:
@@ -65,6 +84,22 @@ def net_layers(net: Layer | tuple | list) -> tuple[Layer, ...]:
     return as_layers(net)[0]
 
 
+def _log10_norm(v):
+    """log10 ||v|| (all entries), scaled by max|v|: finite for any finite ``v``
+    (log10 0 = -inf), NaN where ``v`` holds a NaN or inf."""
+    v = jnp.ravel(v)
+    a = jnp.max(jnp.abs(v))
+    lg = jnp.log10(a) + 0.5 * jnp.log10(jnp.sum(jnp.square(safe_div(v, a))))
+    lg = jnp.where(a > 0, lg, -jnp.inf)
+    return jnp.where(jnp.all(jnp.isfinite(v)), lg, jnp.nan)
+
+
+def _from_top(flags):
+    """``out[k]``: some ``flags[j]`` with j >= k is set."""
+    return jnp.cumsum(flags[::-1].astype(jnp.int32))[::-1] > 0
+
+
+@reports_nonfinite("layer")
 @full_precision
 def layer_grad_norms(
     net: Layer,
@@ -88,7 +123,12 @@ def layer_grad_norms(
         key: dropout key, split once per layer as ``serial`` does.
 
     Returns:
-        A :class:`GradFlow`.
+        A :class:`GradFlow`; its ``nonfinite`` says where (layer k, forward or backward)
+        values first went NaN or inf.
+
+    Raises:
+        ValueError: ``x`` not a non-empty float array, params of another network (another
+            width or input size), ``train`` not a bool, ``key`` not a PRNG key.
 
     Examples:
         >>> import jax, jgrad
@@ -99,8 +139,10 @@ def layer_grad_norms(
         >>> bool(flow.underflow[0]), bool(flow.log10_norm[0] < -40)
         (True, True)
     """
-    layers, params, _ = resolve_net(net, params, blocks=False)
     _checks.boolean("train", train)
+    _checks.prng_key("key", key, optional=True)
+    check_input("layer_grad_norms", net, params, x, one_example=False)
+    layers, params, _ = resolve_net(net, params, blocks=False)
     keys = split_keys(key, len(layers))
     hs = [x]
     vjps = []
@@ -140,11 +182,30 @@ def layer_grad_norms(
         zeros.append(jnp.all(raw == 0))
     log10_norm = jnp.stack(logs[::-1])
     raw_norm = jnp.stack(raws[::-1])
+    forward_finite = jnp.stack([jnp.all(jnp.isfinite(h)) for h in hs])
+    # dL/dh_k is computed from h_k..h_K (the VJPs above it and the loss)
+    dep = _from_top(~forward_finite)
+    bad = jnp.isnan(log10_norm) | (log10_norm == jnp.inf)
+    bad = bad.at[-1].set(bad[-1] | ~jnp.isfinite(loss))
+    new = bad & ~dep
+    nan = dep | _from_top(new)
+    log10_norm = jnp.where(nan, jnp.nan, log10_norm)
+
+    def mask(v, flag):
+        return jnp.where(flag | jnp.isnan(v) | (v == jnp.inf), jnp.nan, v)
+
+    # layer j's parameter gradient: from h_(j-1) and the cotangent at h_j
+    param_logs = tuple(
+        jax.tree.map(lambda v, f=nan[j]: mask(v, f), pl)
+        for j, pl in enumerate(param_logs[::-1])
+    )
     return GradFlow(
         log10_norm=log10_norm,
         raw_norm=raw_norm,
         underflow=jnp.stack(zeros[::-1]) & jnp.isfinite(log10_norm),
-        forward_finite=jnp.stack([jnp.all(jnp.isfinite(h)) for h in hs]),
+        forward_finite=forward_finite,
         loss=loss,
-        param_log10_norm=tuple(param_logs[::-1]),
+        param_log10_norm=param_logs,
+        nonfinite=nonfinite_record(first_true(~forward_finite), last_true(new)),
+        log10_act_norm=jnp.stack([_log10_norm(h) for h in hs]),
     )

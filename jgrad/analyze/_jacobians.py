@@ -11,7 +11,6 @@ autodiff Jacobian, forward or reverse mode by shape, computed in chunks of basis
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -19,7 +18,14 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.analyze._network import resolve_net
+from jgrad.analyze._network import check_input, resolve_net
+from jgrad.analyze._nonfinite import (
+    NonFinite,
+    first_true,
+    no_nonfinite,
+    nonfinite_record,
+    reports_nonfinite,
+)
 from jgrad.analyze._precision import full_precision
 from jgrad.nn._layer import split_keys, walk
 
@@ -35,11 +41,17 @@ class Jacobians(NamedTuple):
         hs: tuple of the L+1 representations ``h_0 = x, h_1, ..., h_L`` (h_L the output).
         first_nonfinite: int32 scalar, the first k with a non-finite entry in ``h_k`` or
             ``J_k``, or -1 when the whole trajectory is finite.
+        nonfinite: a :class:`NonFinite`: ``forward`` the first k with a NaN or inf in
+            ``h_k`` (k = 0 the input x), ``backward`` the first layer l (l = 1..L, in
+            forward order) whose ``J_l`` holds a NaN or inf although ``h_(l-1)`` was
+            finite; -1 for none. A ``J_l`` computed from a non-finite ``h_(l-1)`` is
+            all NaN.
     """
 
     mats: tuple
     hs: tuple
     first_nonfinite: jax.Array
+    nonfinite: NonFinite = no_nonfinite()
 
     def stacked(self) -> jax.Array:
         """The Jacobians as one ``(L, m, n)`` array (all layers must have equal shapes)."""
@@ -190,6 +202,7 @@ def _serial_jacobian(layers, params, h, *, train, key, chunk_size):
 # ----------------------------------------------------------------------------------------
 
 
+@reports_nonfinite("layer")
 @full_precision
 def layer_jacobians(
     net: Any,
@@ -235,11 +248,13 @@ def layer_jacobians(
         chunk_size: basis vectors per batch in the autodiff fallback (memory bound).
 
     Returns:
-        A :class:`Jacobians` (``mats``, ``hs``, ``first_nonfinite``).
+        A :class:`Jacobians` (``mats``, ``hs``, ``first_nonfinite``, ``nonfinite``).
 
     Raises:
-        ValueError: ``net`` is not a network, ``params`` does not fit it, or batch norm in
-            train mode without ``batch_jacobian=True``.
+        ValueError: ``net`` is not a network, ``params`` does not fit it (another width
+            or input size), ``x`` is not one float example (the message shows the
+            ``vmap``; with ``batch_jacobian=True``, not a float batch), ``key`` is not a
+            PRNG key, or batch norm in train mode without ``batch_jacobian=True``.
 
     References:
         Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz, "A Mean Field Theory of Batch
@@ -253,9 +268,12 @@ def layer_jacobians(
         >>> [j.shape for j in jac.mats], int(jac.first_nonfinite)
         ([(4, 4), (4, 4), (4, 4)], -1)
     """
-    layers, params, ends = resolve_net(net, params, blocks)
+    _checks.boolean("blocks", blocks)
     _checks.boolean("train", train)
     _checks.boolean("batch_jacobian", batch_jacobian)
+    _checks.prng_key("key", key, optional=True)
+    check_input("layer_jacobians", net, params, x, one_example=not batch_jacobian)
+    layers, params, ends = resolve_net(net, params, blocks)
     if chunk_size is not None:
         _checks.positive_int("chunk_size", chunk_size)
     couples = any(sub.info.couples_examples for sub in walk(*layers))
@@ -290,24 +308,13 @@ def layer_jacobians(
         jnp.all(jnp.isfinite(h)) & jnp.all(jnp.isfinite(m))
         for h, m in zip(hs[1:], mats, strict=True)
     ]
-    bad = ~jnp.stack(finite)
-    first = jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32)
-    warn_first_nonfinite(first, "layer_jacobians", "h_{k} or J_{k}")
-    return Jacobians(tuple(mats), tuple(hs), first)
-
-
-def warn_first_nonfinite(first: jax.Array, what: str, where: str) -> None:
-    """Warns (outside jit, where the value is concrete) naming the first non-finite index;
-    under jit the index is returned as data and nothing is raised."""
-    try:
-        k = int(first)
-    except (jax.errors.ConcretizationTypeError, TypeError):
-        return
-    if k >= 0:
-        warnings.warn(
-            f"{what}: the forward trajectory is non-finite first at "
-            f"{where.format(k=k)} (k = {k}); values from there on are NaN/inf. Lower the "
-            "weight scale or check the input.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    first = first_true(~jnp.stack(finite))
+    bad_h = jnp.stack([~jnp.all(jnp.isfinite(h)) for h in hs])
+    # J_l is computed at h_(l-1): NaN once some h_j, j <= l-1, is non-finite
+    dep = jnp.cumsum(bad_h[:-1]) > 0
+    bad_j = jnp.stack([~jnp.all(jnp.isfinite(m)) for m in mats]) & ~dep
+    record = nonfinite_record(
+        first_true(bad_h), first_true(bad_j, jnp.arange(1, len(mats) + 1))
+    )
+    mats = [jnp.where(d, jnp.nan, m) for d, m in zip(dep, mats, strict=True)]
+    return Jacobians(tuple(mats), tuple(hs), first, record)

@@ -7,7 +7,7 @@ layers; every analyzer carries it as a unit-norm matrix and the natural log of i
 (:class:`LogMatrix`), renormalising after each step (:func:`normalize`). The helpers here
 are the pieces of that bookkeeping written once:
 
-- :func:`safe_log`: log with log 0 = -inf and no NaN gradient;
+- :func:`safe_log`: log with log 0 = -inf (NaN stays NaN) and no NaN gradient;
 - :func:`safe_div`: ``x / n`` where ``n > 0``, ``x`` itself where ``n`` is zero (a zero
   vector stays zero instead of becoming NaN);
 - :func:`finite_shift`: the shift ``mx`` of a sum ``sum_i exp(a_i - mx)`` in log space,
@@ -71,8 +71,10 @@ class LogMatrix(NamedTuple):
 
 
 def safe_log(x):
-    """log x, with log 0 = -inf and no NaN gradient or warning path."""
-    return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), -jnp.inf)
+    """log x, with log 0 = -inf and no NaN gradient or warning path; log NaN = NaN (a
+    non-finite input never reads as an exact zero)."""
+    low = jnp.where(jnp.isnan(x), jnp.nan, -jnp.inf)
+    return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), low)
 
 
 def safe_div(x, n):

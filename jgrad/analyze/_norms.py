@@ -14,9 +14,11 @@ from jgrad import _checks
 from jgrad.analyze._estimates import matrix_free_norms
 from jgrad.analyze._lanczos import lanczos_left, norm2, unit
 from jgrad.analyze._logspace import safe_log
+from jgrad.analyze._nonfinite import NonFinite, no_nonfinite, reports_nonfinite
 from jgrad.analyze._precision import full_precision
+from jgrad.analyze._records import bad_values, product_record
 from jgrad.analyze._segments import unchunk
-from jgrad.analyze._sweep import sweep
+from jgrad.analyze._sweep import check_sweep_args, sweep
 
 __all__ = ["OutputNorms", "output_norms"]
 
@@ -47,11 +49,17 @@ class OutputNorms(NamedTuple):
             Hutch++ estimate from ``method="matrix_free"``.
         mean_sq_rel_err: ``(L,)`` the relative standard error of ``exp(log_mean_sq)``,
             estimated from the probes' own spread (0 where exact).
+        nonfinite: a :class:`NonFinite`: forward index k the first non-finite block
+            output ``h_k`` (k = 0 the input x), backward index l the first product met
+            from the output whose norms went non-finite by themselves, -1 for none.
+            Entries computed from a NaN or inf are NaN (``-inf`` only for an exactly
+            zero product).
     """
 
     log_spectral_norm: jax.Array
     log_mean_sq: jax.Array
     mean_sq_rel_err: jax.Array
+    nonfinite: NonFinite = no_nonfinite()
 
 
 def _options(method, given):
@@ -98,6 +106,7 @@ def _check_options(method, opts):
     _checks.positive_int("deep_probes", opts["deep_probes"])
 
 
+@reports_nonfinite("layer")
 @full_precision
 def output_norms(
     net: Any,
@@ -201,7 +210,10 @@ def output_norms(
 
     Raises:
         ValueError: for an unknown ``method``, an option of the other method, an
-            option out of range, or ``probe_key`` None.
+            option out of range, ``probe_key`` not a PRNG key (None or an int seed
+            included), ``key`` not a PRNG key or None, ``x`` not one float example
+            (the message shows the ``vmap``), params of another network, or
+            ``train``/``blocks`` not a bool.
 
     References:
         Meyer, Musco, Musco & Woodruff 2021, "Hutch++: Optimal Stochastic Trace
@@ -211,13 +223,8 @@ def output_norms(
         2011, "Finding Structure with Randomness", https://arxiv.org/abs/0909.4061.
     """
     _checks.choice("method", method, METHODS)
-    if probe_key is None:
-        raise ValueError(
-            "`probe_key` must be a PRNG key, got None. Pass e.g. "
-            "probe_key=jax.random.key(0): both methods draw random vectors."
-        )
-    _checks.boolean("blocks", blocks)
-    _checks.boolean("train", train)
+    _checks.prng_key("probe_key", probe_key)
+    check_sweep_args("output_norms", net, params, x, blocks, train, key)
     given = dict(
         min_lanczos_steps=min_lanczos_steps,
         max_lanczos_steps=max_lanczos_steps,
@@ -232,15 +239,14 @@ def output_norms(
     )
     opts = _options(method, given)
     _check_options(method, opts)
-    if method == "exact":
-        return _exact_norms(
-            net, params, x, probe_key, blocks=blocks, train=train, key=key, **opts
-        )
-    return OutputNorms(
-        *matrix_free_norms(
-            net, params, x, probe_key, blocks=blocks, train=train, key=key, **opts
-        )
+    run = _exact_norms if method == "exact" else matrix_free_norms
+    sn, ms, err, bad_h = run(
+        net, params, x, probe_key, blocks=blocks, train=train, key=key, **opts
     )
+    bad_out = jax.vmap(lambda *v: bad_values(v))(sn, ms, err)
+    rec, nan = product_record(bad_h, bad_out)
+    sn, ms, err = (jnp.where(nan, jnp.nan, v) for v in (sn, ms, err))
+    return OutputNorms(sn, ms, err, rec)
 
 
 def _exact_norms(
@@ -256,7 +262,9 @@ def _exact_norms(
     max_lanczos_steps,
     residual_tol,
 ):
-    """The exact method of :func:`output_norms` (arguments validated there)."""
+    """The exact method of :func:`output_norms` (arguments validated there): (log
+    spectral norms, log mean squares, their relative errors (0), ``(L+1,)`` bool: block
+    output ``h_k`` non-finite)."""
 
     def init(m):
         return unit(jax.random.normal(probe_key, m.shape[:1], m.dtype)), probe_key
@@ -275,8 +283,6 @@ def _exact_norms(
         log_ms = 2 * s + jnp.log(fro2) - math.log(min(r.shape))
         return (s + 0.5 * safe_log(lam), log_ms), (u, k)
 
-    ys, *_ = sweep(net, params, x, blocks, train, key, emit, init)
+    ys, _, _, bad_h = sweep(net, params, x, blocks, train, key, emit, init)
     sn, ms = unchunk(ys)
-    return OutputNorms(
-        log_spectral_norm=sn, log_mean_sq=ms, mean_sq_rel_err=jnp.zeros_like(ms)
-    )
+    return sn, ms, jnp.zeros_like(ms), bad_h

@@ -16,6 +16,7 @@ from jgrad.analyze._network import resolve_net
 from jgrad.analyze._segments import (
     Run,
     _run_block,
+    forward_bad,
     seg_len,
     segments,
 )
@@ -284,7 +285,8 @@ def rank_sweep(net, params, x, blocks, train, key, svd, every):
     entered only while ``k`` is that bucket (``k`` is unbatched under ``vmap``:
     ``_rank.batch_max``); inside, an inner loop pulls blocks until the next look, so the
     steps carry no conditional. Returns (fold's ys of the padded log spectra, or None;
-    the padded log spectrum of ``d y / d h_0``)."""
+    the padded log spectrum of ``d y / d h_0``, or None; ``(L+1,)`` bool: block output
+    ``h_k`` non-finite)."""
     segs, _, y = segments(net, params, x, blocks=blocks, train=train, key=key)
     m0 = last_product(segs, y)
     cfg = _config(segs, m0, y, svd, every)
@@ -299,9 +301,10 @@ def rank_sweep(net, params, x, blocks, train, key, svd, every):
         else:
             st, out = _single(cfg, seg, st)
             ys[q] = None if out is None else out[None]
+    bad_h = forward_bad(segs, y)
     if every:  # the input's spectrum is the last of ys already
-        return ys, None
-    return None, _final_spectrum(cfg, st)
+        return ys, None, bad_h
+    return None, _final_spectrum(cfg, st), bad_h
 
 
 def compressible(net, params, blocks, compress) -> bool:

@@ -23,11 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgrad.analyze._jacobians import (
-    _serial_jacobian,
-    _to_full,
-    warn_first_nonfinite,
-)
+from jgrad.analyze._jacobians import _serial_jacobian, _to_full
 from jgrad.analyze._network import resolve_net
 from jgrad.nn._layer import split_keys, sublayers, walk
 
@@ -47,13 +43,15 @@ def _closed_form(*layers) -> bool:
 class Block(NamedTuple):
     """One block linearized at its input: ``jvp`` (tangent at the input -> at the output)
     and ``vjp`` (cotangent at the output -> at the input) of one vector each (vmap them
-    over rows), the shapes, and ``jac()``: the block's Jacobian in closed form, or None."""
+    over rows), the shapes, ``jac()``: the block's Jacobian in closed form, or None, and
+    ``h_in``: the block's input on the forward trajectory (None inside a run's scan)."""
 
     jvp: Callable
     vjp: Callable
     in_shape: tuple
     out_shape: tuple
     jac: Callable | None
+    h_in: Any = None
 
 
 class Run(NamedTuple):
@@ -154,8 +152,8 @@ def segments(
     is always a single Block (the sweeps start from its closed-form Jacobian), and no run
     crosses block index ``cut`` or any index in ``bounds`` (so that a sweep can cover the
     blocks from there on alone: :func:`split_at`); with ``single_after_cut`` the blocks
-    from ``cut`` on are all single Blocks. Reports (warns) the first non-finite block
-    output."""
+    from ``cut`` on are all single Blocks. :func:`forward_bad` reads which block outputs
+    are non-finite."""
     layers, params, ends = resolve_net(net, params, blocks)
     if train and any(sub.info.couples_examples for sub in walk(*layers)):
         raise ValueError(
@@ -206,7 +204,7 @@ def segments(
 
     n = len(parts)
     cut = n if cut is None or not 0 <= cut < n else cut
-    segs, hs_in, i = [], [], 0
+    segs, i = [], 0
     while i < n:
         stop = min(cut if i < cut else (i + 1 if single_after_cut else n), n - 1)
         stop = min([stop] + [b for b in bounds if b > i])
@@ -242,7 +240,6 @@ def segments(
 
                 h, hs = jax.lax.scan(body, h, (ps, ks))
             segs.append(Run(fn, ps, ks, hs, tuple(h.shape), lin))
-            hs_in.append(hs)
             i = j
             continue
         lays, p, k = parts[i]
@@ -257,16 +254,19 @@ def segments(
                 )
                 return _to_full(j)
 
-        segs.append(Block(jvp, vjp, h_in.shape, h.shape, jac))
-        hs_in.append(h_in[None])
+        segs.append(Block(jvp, vjp, h_in.shape, h.shape, jac, h_in))
         i += 1
-    bad = jnp.concatenate(
-        [~jnp.all(jnp.isfinite(v.reshape(v.shape[0], -1)), axis=1) for v in hs_in]
-        + [~jnp.all(jnp.isfinite(h))[None]]
-    )
-    first = jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
-    warn_first_nonfinite(first, "jgrad.analyze sweep", "h_{k}")
     return segs, shapes, h
+
+
+def forward_bad(segs, y) -> jax.Array:
+    """``(L+1,)`` bool: block output ``h_k`` holds a NaN or inf (k = 0 is the input x,
+    k = L the output ``y``), read off the trajectory :func:`segments` stored."""
+    parts = []
+    for seg in segs:
+        hs = seg.hs if isinstance(seg, Run) else seg.h_in[None]
+        parts.append(~jnp.all(jnp.isfinite(hs.reshape(hs.shape[0], -1)), axis=1))
+    return jnp.concatenate(parts + [~jnp.all(jnp.isfinite(y))[None]])
 
 
 def split_at(segs, index):

@@ -17,15 +17,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jgrad import _checks
 from jgrad.analyze._logspace import (
     LogMatrix,
     normalize,
     safe_log,
     svdvals,
 )
+from jgrad.analyze._network import check_input
+from jgrad.analyze._nonfinite import reports_nonfinite
 from jgrad.analyze._precision import full_precision
+from jgrad.analyze._records import Sweep, bad_values, nan_where, product_record
 from jgrad.analyze._segments import (
     fold,
+    forward_bad,
     per_block,
     segments,
 )
@@ -33,6 +38,23 @@ from jgrad.analyze._segments import (
 __all__ = ["output_sweep"]
 
 
+def check_sweep_args(fn, net, params, x, blocks, train, key):
+    """The checks every sweep analyzer makes before tracing (see ``check_input``)."""
+    _checks.boolean("blocks", blocks)
+    _checks.boolean("train", train)
+    _checks.prng_key("key", key, optional=True)
+    check_input(fn, net, params, x, one_example=True)
+
+
+def masked_products(ys_per_block, bad_h):
+    """(the per-block results, NaN where computed from a non-finite value; the
+    :class:`NonFinite` record): see :mod:`jgrad.analyze._records`."""
+    bad_out = jnp.stack([bad_values(y) for y in ys_per_block])
+    rec, nan = product_record(bad_h, bad_out)
+    return [nan_where(nan[i], y) for i, y in enumerate(ys_per_block)], rec
+
+
+@reports_nonfinite("layer")
 @full_precision
 def output_sweep(
     net: Any,
@@ -42,7 +64,7 @@ def output_sweep(
     blocks: bool = True,
     train: bool = False,
     key: jax.Array | None = None,
-) -> tuple[LogMatrix, ...]:
+) -> Sweep:
     """Every layer-to-output product ``d y / d h_l``, l = 0..L-1, in ONE backward sweep.
 
     Starting from the identity at the output, the rows are pulled back through each block's
@@ -54,10 +76,24 @@ def output_sweep(
         net, params, x, blocks, train, key: as :func:`layer_jacobians` (one example).
 
     Returns:
-        A tuple of L :class:`LogMatrix`, entry l of shape ``(size(y), size(h_l))``.
+        A :class:`Sweep`: ``products``, a tuple of L :class:`LogMatrix`, entry l of
+        shape ``(size(y), size(h_l))``; and ``nonfinite``, forward index k the first
+        non-finite block output ``h_k`` (k = 0 the input), backward index l the first
+        product met from the output that went non-finite by itself. A product computed
+        from a NaN or inf is NaN.
+
+    Raises:
+        ValueError: ``x`` not one float example (the message shows the ``vmap``),
+            params of another network, ``train``/``blocks`` not a bool, ``key`` not a
+            PRNG key.
     """
-    ys, *_ = sweep(net, params, x, blocks, train, key, stateless(lambda m, s: (m, s)))
-    return tuple(LogMatrix(*normalize(m, s)) for m, s in per_block(ys))
+    check_sweep_args("output_sweep", net, params, x, blocks, train, key)
+    ys, _, _, bad_h = sweep(
+        net, params, x, blocks, train, key, stateless(lambda m, s: (m, s))
+    )
+    prods = [LogMatrix(*normalize(m, s)) for m, s in per_block(ys)]
+    prods, rec = masked_products(prods, bad_h)
+    return Sweep(tuple(prods), rec)
 
 
 def sum_scale(m, s):
@@ -114,7 +150,7 @@ def sweep(net, params, x, blocks, train, key, emit, init=lambda m: (), probe=Fal
     first state from the first product). An SVD or a norm taken there lets XLA free the
     product at once (on CPU, touching fresh memory for all L products costs as much as
     several SVDs). Returns (fold's ys of ``kept``, the product ``d y / d h_0`` as
-    (m, s), the final state).
+    (m, s), the final state, ``(L+1,)`` bool: block output ``h_k`` non-finite).
 
     ``probe=True`` (for callers that keep little or nothing of the intermediate
     products): the product carries one more row, ``z = g^T P_l`` for a fixed row g of
@@ -150,7 +186,7 @@ def sweep(net, params, x, blocks, train, key, emit, init=lambda m: (), probe=Fal
         return (r, s, inv, st), kept
 
     (r, s, inv, state), ys = fold(segs[:-1], step, (m, s, inv, state), reverse=True)
-    return ys + [y_last], (rows(r) * inv, s), state
+    return ys + [y_last], (rows(r) * inv, s), state, forward_bad(segs, y)
 
 
 def log_svdvals(m, s, svd="auto"):

@@ -152,7 +152,7 @@ def test_deep_float32_probe_scale_keeps_an_exploding_product(getkey):
     io = jax.jit(lambda p, x: analyze.input_output_spectrum(net, p, x))(params, x)
 
     def summed(p, x):
-        _, (m, s), _ = sweep(net, p, x, True, False, None, stateless(lambda m, s: None))
+        _, (m, s), _, _ = sweep(net, p, x, True, False, None, stateless(lambda m, s: None))
         return log_svdvals(m, s)
 
     ref = jax.jit(summed)(params, x)
