@@ -210,10 +210,11 @@ def _fmt_ratio(log10_ratio: float) -> str:
     return f"{m:.2f}e{int(np.floor(log10_ratio)):+03d}"
 
 
-#: Okabe & Ito's colour-blind-safe palette (yellow left out: too faint on white). Causes
+#: Okabe & Ito's colour-blind-safe palette (yellow and black left out: too faint on white,
+#: too close to the text). Causes
 #: take the warm colours and are dashed; cures take the cool ones and are solid.
-CAUSE_COLORS = ("#D55E00", "#E69F00", "#CC79A7", "#000000")
-CURE_COLORS = ("#0072B2", "#009E73", "#56B4E9", "#999999")
+CAUSE_COLORS = ("#d55e00", "#e69f00", "#cc79a7")
+CURE_COLORS = ("#0072b2", "#009e73", "#56b4e9")
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _FONT = 11  # points; tick and legend labels use _FONT - 1
 

@@ -76,7 +76,7 @@ def test_table_lists_every_layer_and_network(full_demo):
         assert "underflows to 0" in table
 
 
-def test_cli_writes_json_and_png(tmp_path, capsys):
+def test_cli_writes_json_png_and_pdf(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(
         [
@@ -96,13 +96,17 @@ def test_cli_writes_json_and_png(tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "relu+he" in printed and "demo.json" in printed
+    assert "relu+he" in printed
+    assert (
+        f"wrote {out / 'demo.json'}, {out / 'demo.png'}, {out / 'demo.pdf'}" in printed
+    )
     data = json.loads((out / "demo.json").read_text())
     assert data["config"] == {"depth": 6, "width": 16, "batch": 4, "seed": 3}
     assert data["provenance"]["jgrad"] == jgrad.__version__
     assert len(data["nets"]) == 6 and len(data["nets"][0]["log10_norm"]) == 6
     png = (out / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert (out / "demo.pdf").read_bytes()[:5] == b"%PDF-"
     assert not [
         p for p in out.iterdir() if p.name.startswith(".")
     ]  # no temp files left
@@ -116,7 +120,10 @@ def test_cli_version_help_and_bad_arguments(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["demo", "--depth", "0"])
     assert e.value.code == 2
-    assert "`depth` must be a positive integer, got 0" in capsys.readouterr().err
+    assert (
+        "argument --depth: must be a positive integer, got 0. Pass e.g. --depth 50."
+        in capsys.readouterr().err
+    )
 
 
 def test_same_seed_same_numbers():
