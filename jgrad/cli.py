@@ -47,40 +47,54 @@ def _int_type(flag: str, minimum: int, example: int) -> Callable[[str], int]:
     return parse
 
 
+_OUT_FIX = (
+    "Pass a folder you can write, e.g. --out runs/demo; it is created if missing."
+)
+
+
 def _out_folder(text: str) -> str:
-    """An argparse ``type=`` for ``--out``: a folder that exists or can be created, and
-    that this process can write. Creates it (with its parents) when missing."""
-    fix = "Pass a folder you can write, e.g. --out runs/demo; it is created if missing."
+    """An argparse ``type=`` for ``--out``: a folder that exists or can be created under
+    a folder this process can write. Touches nothing on disk (see :func:`_make_out`)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError(f"must be a folder path, got {text!r}. {fix}")
+        raise argparse.ArgumentTypeError(
+            f"must be a folder path, got {text!r}. {_OUT_FIX}"
+        )
     path = Path(text).expanduser()
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(
-            f"must be a folder, got {text!r}, which is an existing file. {fix}"
+            f"must be a folder, got {text!r}, which is an existing file. {_OUT_FIX}"
         )
     parent = path
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         raise argparse.ArgumentTypeError(
-            f"cannot create folder {text!r}: {str(parent)!r} is a file. {fix}"
+            f"cannot create folder {text!r}: {str(parent)!r} is a file. {_OUT_FIX}"
         )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(
-            f"cannot write to {text!r}: no write permission on {str(parent)!r}. {fix}"
+            f"cannot write to {text!r}: no write permission on {str(parent)!r}. "
+            f"{_OUT_FIX}"
         )
-    try:  # os.access does not see read-only mounts and the like; try it
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise argparse.ArgumentTypeError(
-            f"cannot write to {text!r}: {err.strerror or err}. {fix}"
-        ) from None
     return text
 
 
+def _make_out(parser: argparse.ArgumentParser, out: str) -> None:
+    """Creates ``out`` and writes a temporary file there, once every option is parsed
+    and before the run: ``os.access`` cannot foresee every refusal (root on a special
+    file system, quotas). Fails like a bad argument."""
+    try:
+        Path(out).expanduser().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=Path(out).expanduser()):
+            pass
+    except OSError as err:
+        parser.error(
+            f"argument --out: cannot write to {out!r}: {err.strerror or err}. {_OUT_FIX}"
+        )
+
+
 def _demo(args: argparse.Namespace) -> int:
+    _make_out(args.parser, args.out)
     from jgrad.experiments import DemoConfig, format_table, run_demo, write_demo
 
     config = DemoConfig(
@@ -88,7 +102,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     result = run_demo(config, progress=not args.quiet)
     print(format_table(result, every=args.every))
-    paths = write_demo(result, args.out)
+    paths = write_demo(result, Path(args.out).expanduser())
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     failed = [n["label"] for n in result["nets"] if n["nonfinite_layers"]]
     if failed:
@@ -151,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print every n-th layer (and the last), >= 1 (default %(default)s)",
     )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.set_defaults(func=_demo)
+    d.set_defaults(func=_demo, parser=d)
     return p
 
 
