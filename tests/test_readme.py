@@ -59,7 +59,12 @@ def test_readme_analyze_example_runs():
     assert float(jnp.max(jnp.abs(plain))) == 0.0
     # The vanilla RNN's measured growth never exceeds Pascanu's bound.
     b = namespace["bound"]
-    assert float(b.measured_rate) <= float(b.bound) + 1e-6
+    assert float(b.measured_factor) <= float(b.bound) + 1e-6
+    # The printed numbers share one unit: natural log per step.
+    lam = namespace["lam"]
+    assert int(lam.nonfinite.forward) == -1 and int(b.nonfinite.forward) == -1
+    assert float(b.measured_log_rate) <= float(b.log_bound) + 1e-6
+    assert float(lam.exponents[0]) <= float(b.log_bound) + 1e-6
     assert len(namespace["per_layer"]) == 8 and bool(
         jnp.isfinite(namespace["qr_logdet"])
     )

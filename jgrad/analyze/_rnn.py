@@ -14,7 +14,6 @@ J_T ... J_{t+1}``; when its norm decays (grows) exponentially in T - t the gradi
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -28,6 +27,15 @@ from jgrad.analyze._logspace import (
     safe_div,
     safe_log,
     vec_norm,
+)
+from jgrad.analyze._nonfinite import (
+    NonFinite,
+    all_finite,
+    first_true,
+    last_true,
+    nonfinite_record,
+    reports_nonfinite,
+    warn_nonfinite,
 )
 from jgrad.analyze._precision import full_precision
 from jgrad.analyze._products import output_products
@@ -83,21 +91,26 @@ def step_fn(cell, params):
     return f
 
 
-def _warn_nonfinite(values: jax.Array, what: str) -> None:
-    """Warns naming the first non-finite step when the values are concrete (outside jit);
-    under jit the non-finite entries are the data the caller gets."""
-    try:
-        bad = jnp.any(~jnp.isfinite(values), axis=tuple(range(1, values.ndim)))
-        if bool(jnp.any(bad)):
-            t = int(jnp.argmax(bad))
-            warnings.warn(
-                f"{what}: non-finite values first at step {t + 1} (1-based); the states "
-                "overflowed or the inputs hold NaN/inf.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    except jax.errors.ConcretizationTypeError:
-        pass
+def _rows_bad(a: jax.Array) -> jax.Array:
+    """(T,) bool, row t of ``a`` (T, ...) holds a NaN or an inf."""
+    return ~jnp.all(jnp.isfinite(a), axis=tuple(range(1, a.ndim)))
+
+
+def _step_jacobians(cell, params, xs, carry0):
+    """(J (T, n, n), s_prev, s_next, record): J_t is NaN wherever a state or input it
+    is evaluated at is non-finite (a ReLU's derivative at NaN would read 0).
+    Record: forward = first step t = 1..T whose state s_t is non-finite; backward =
+    first step whose Jacobian went non-finite at finite states and inputs."""
+    xp, s_prev, s_next = _states(cell, params, xs, carry0)
+    jac = jax.vmap(jax.jacfwd(step_fn(cell, params)))(s_prev, xp)
+    at_bad = _rows_bad(s_prev) | _rows_bad(s_next) | _rows_bad(xp)
+    jac = jnp.where(at_bad[:, None, None], jnp.nan, jac)
+    steps = jnp.arange(1, xs.shape[0] + 1)
+    record = nonfinite_record(
+        first_true(_rows_bad(s_next), steps),
+        first_true(_rows_bad(jac) & ~at_bad, steps),
+    )
+    return jac, s_prev, s_next, record
 
 
 @full_precision
@@ -112,14 +125,22 @@ def rnn_step_jacobians(
 
     Args:
         cell: a ``jgrad.rnn`` cell.
-        params: its params.
-        xs: ``(T, in_dim)`` one sequence (vmap for a batch), T >= 1.
+        params: its params, with the keys and shapes ``cell.init(key, in_dim)`` gives.
+        xs: ``(T, in_dim)`` one sequence of floats (vmap for a batch), T >= 1.
         carry0: the initial carry, like ``cell.init_carry()``.
 
     Returns:
-        ``(T, n, n)`` with n = H (vanilla, GRU) or 2H (LSTM, state ``[h, c]``). Outside
-        ``jit``, a non-finite state or Jacobian raises a ``RuntimeWarning`` naming the
-        first such step.
+        ``(T, n, n)`` with n = H (vanilla, GRU) or 2H (LSTM, state ``[h, c]``). ``J_t``
+        is all NaN when ``s_{t-1}``, ``s_t`` or the input of step t is non-finite (NaN
+        in ``xs`` or ``params``, or an overflowed state), and so is every later step's
+        whose state stays non-finite. Called eagerly, it then warns
+        (``NonFiniteWarning``) naming the first such step (1-based); under ``jit``/
+        ``vmap`` the NaN entries are the report.
+
+    Raises:
+        ValueError: ``cell`` not a Cell; ``xs`` not a float array of shape
+            ``(T, in_dim)``; ``params`` not of this cell's keys and shapes;
+            ``carry0`` not like ``cell.init_carry()``.
 
     Examples:
         >>> import jax, jgrad
@@ -129,13 +150,26 @@ def rnn_step_jacobians(
         >>> jgrad.analyze.rnn_step_jacobians(cell, params, xs, cell.init_carry()).shape
         (6, 8, 8)
     """
-    xp, s_prev, s_next = _states(cell, params, xs, carry0)
-    jac = jax.vmap(jax.jacfwd(step_fn(cell, params)))(s_prev, xp)
-    _warn_nonfinite(
-        jnp.concatenate([s_next, jac.reshape(jac.shape[0], -1)], axis=1),
-        "rnn_step_jacobians",
-    )
+    jac, _, _, record = _step_jacobians(cell, params, xs, carry0)
+    warn_nonfinite("rnn_step_jacobians", record, "step")
     return jac
+
+
+def _time_products(cell, params, xs, carry0, parallel=False, accumulate=None):
+    """(products, record of the step Jacobians); products NaN wherever a factor is."""
+    dtype = accumulate_dtype(accumulate)
+    jac, _, _, record = _step_jacobians(cell, params, xs, carry0)
+    bad_j = _rows_bad(jac)
+    if dtype is not None:
+        jac = jac.astype(dtype)
+    prods = output_products(jac, parallel=parallel)
+    # Entry t = J_T ... J_(t+1) is NaN as soon as any factor is: a suffix "any".
+    bad = jnp.flip(jnp.cumsum(jnp.flip(bad_j.astype(jnp.int32)))) > 0
+    prods = LogMatrix(
+        jnp.where(bad[:, None, None], jnp.nan, prods.matrix),
+        jnp.where(bad, jnp.nan, prods.log_scale),
+    )
+    return prods, record
 
 
 @full_precision
@@ -161,13 +195,23 @@ def rnn_jacobian_products(
     Returns:
         A stacked :class:`LogMatrix`: ``matrix`` ``(T, n, n)`` and ``log_scale`` ``(T,)``,
         entry t being ``d s_T / d s_t``. ``jgrad.analyze.log_singular_values`` of it gives
-        every spectrum; ``log_scale`` is the log Frobenius norm.
+        every spectrum; ``log_scale`` is the log Frobenius norm (``-inf`` only for an
+        exactly zero product). Entry t is NaN (matrix and ``log_scale``) when any of
+        its factors ``J_{t+1}..J_T`` is non-finite (see :func:`rnn_step_jacobians`,
+        which also says when an eager call warns).
+
+    Raises:
+        ValueError: as :func:`rnn_step_jacobians`; an unknown ``accumulate``.
     """
-    dtype = accumulate_dtype(accumulate)
-    jac = rnn_step_jacobians(cell, params, xs, carry0)
-    if dtype is not None:
-        jac = jac.astype(dtype)
-    return output_products(jac, parallel=parallel)
+    prods, record = _time_products(cell, params, xs, carry0, parallel, accumulate)
+    warn_nonfinite("rnn_jacobian_products", record, "step")
+    return prods
+
+
+def _log(x):
+    """Natural log of a norm: ``-inf`` for exactly 0, NaN for NaN (``safe_log`` alone
+    would give ``-inf`` for a NaN norm, reading it as a vanished gradient)."""
+    return jnp.where(jnp.isnan(x), jnp.nan, safe_log(x))
 
 
 class TimeGradFlow(NamedTuple):
@@ -176,20 +220,27 @@ class TimeGradFlow(NamedTuple):
     Attributes:
         log10_norm: ``(T+1,)`` log10 ||dL/ds_t|| for t = 0..T (t = 0 the initial carry),
             computed with a rescaled cotangent so it never underflows; ``-inf`` only for an
-            exactly zero gradient.
+            exactly zero gradient; NaN for a gradient computed from a NaN or inf.
         raw_norm: ``(T+1,)`` the same norms from the plain float backward pass (what
             ``jax.grad`` gives); 0 where it underflowed.
         underflow: ``(T+1,)`` bool, the plain gradient is exactly zero though the stable
-            norm is finite.
+            norm is finite (False where the norm is NaN).
         loss: the scalar loss.
+        nonfinite: a :class:`jgrad.analyze.NonFinite`, indexed as ``log10_norm`` (t =
+            0..T): ``forward`` the first t whose state s_t is non-finite (0: the initial
+            carry), ``backward`` the first t met going backwards in time (from T) whose
+            ``log10_norm`` is NaN or ``+inf`` (every later one being finite or an exact
+            zero); ``-1`` for none. None only when built by hand.
     """
 
     log10_norm: jax.Array
     raw_norm: jax.Array
     underflow: jax.Array
     loss: jax.Array
+    nonfinite: NonFinite | None = None
 
 
+@reports_nonfinite("step")
 @full_precision
 def rnn_grad_norms(
     cell: Cell,
@@ -211,10 +262,15 @@ def rnn_grad_norms(
         loss_fn: ``loss_fn(ys) -> scalar`` on the ``(T, H)`` outputs (close over targets).
 
     Returns:
-        A :class:`TimeGradFlow`.
+        A :class:`TimeGradFlow`. A NaN or inf (in ``xs``, ``params``, an overflowed
+        state or the loss) gives NaN norms, never ``-inf``, and is located by its
+        ``nonfinite`` record; called eagerly, the function then also warns
+        (``NonFiniteWarning``); under ``jit``/``vmap`` the record is the report.
+
+    Raises:
+        ValueError: as :func:`rnn_step_jacobians`.
     """
     xp, s_prev, s_next = _states(cell, params, xs, carry0)
-    _warn_nonfinite(s_next, "rnn_grad_norms")
     f = step_fn(cell, params)
     H = cell.hidden
     ys = s_next[:, :H]
@@ -224,44 +280,53 @@ def rnn_grad_norms(
 
     def body(carry, inp):
         u, log_s, raw = carry  # dL/ds_t = exp(log_s) * u; raw = plain cotangent
-        d_t, s_prev_t, xp_t = inp
-        total_log = log_s  # u has unit norm (or is 0)
+        d_t, s_prev_t, s_t, xp_t = inp
         # dL/ds_t = direct_t + (back-propagated part); combine in log space.
         nd = vec_norm(d_t)
-        m = jnp.maximum(total_log, safe_log(nd))
+        m = jnp.maximum(log_s, _log(nd))  # NaN if either is
         m_safe = finite_shift(m)
-        w = u * jnp.exp(
-            jnp.where(jnp.isfinite(total_log), total_log - m_safe, -jnp.inf)
-        )
+        w = u * jnp.exp(jnp.where(jnp.isfinite(log_s), log_s - m_safe, -jnp.inf))
+        w = jnp.where(jnp.isnan(log_s), jnp.nan, w)
         # d_t / m would overflow when m < log(tiny); scale the unit vector instead.
         d_unit = safe_div(d_t, nd)
         w = w + d_unit * jnp.exp(jnp.where(nd > 0, safe_log(nd) - m_safe, -jnp.inf))
         nw = vec_norm(w)
         u_t = jnp.where(nw > 0, safe_div(w, nw), w)
-        log_t = jnp.where(jnp.isfinite(m), m_safe + safe_log(nw), -jnp.inf)
+        # -inf only for an exact zero; NaN (or +inf) carried on as such.
+        log_t = jnp.where(jnp.isfinite(m), m_safe + _log(nw), m)
         raw_t = raw + d_t
         out = (log_t, vec_norm(raw_t), jnp.all(raw_t == 0))
         # Pull back through step t to dL/ds_{t-1}.
         _, pull = jax.vjp(lambda s: f(s, xp_t), s_prev_t)
         (v,) = pull(u_t)
+        (raw_prev,) = pull(raw_t)
+        # A step taken at a non-finite state or input has no gradient to report (a
+        # ReLU's derivative at NaN reads 0): NaN, not a vanished gradient.
+        at_bad = ~(all_finite(s_prev_t) & all_finite(s_t) & all_finite(xp_t))
+        v = jnp.where(at_bad, jnp.nan, v)
+        raw_prev = jnp.where(at_bad, jnp.nan, raw_prev)
         nv = vec_norm(v)
         u_prev = jnp.where(nv > 0, safe_div(v, nv), v)
-        (raw_prev,) = pull(raw_t)
-        return (u_prev, log_t + safe_log(nv), raw_prev), out
+        return (u_prev, log_t + _log(nv), raw_prev), out
 
     z = jnp.zeros(n, direct.dtype)
     init = (z, jnp.asarray(-jnp.inf, direct.dtype), z)
     (u0, log0, raw0), (logs, raws, zeros) = jax.lax.scan(
-        body, init, (direct, s_prev, xp), reverse=True
+        body, init, (direct, s_prev, s_next, xp), reverse=True
     )
     del u0
     ln10 = jnp.log(jnp.asarray(10.0, logs.dtype))
     log10 = jnp.concatenate([log0[None], logs]) / ln10
     raw_norm = jnp.concatenate([vec_norm(raw0)[None], raws])
     zero = jnp.concatenate([jnp.all(raw0 == 0)[None], zeros])
+    states = jnp.concatenate(
+        [flatten_carry(carry_like_step(params, carry0, xs))[None], s_next]
+    )
+    bad_log = jnp.isnan(log10) | (log10 == jnp.inf)
     return TimeGradFlow(
         log10_norm=log10,
         raw_norm=raw_norm,
         underflow=zero & jnp.isfinite(log10),
         loss=loss,
+        nonfinite=nonfinite_record(first_true(_rows_bad(states)), last_true(bad_log)),
     )

@@ -12,13 +12,14 @@ carry runs once for the whole sequence, outside the time loop:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Cell", "LSTMState", "check_carry"]
+__all__ = ["Cell", "LSTMState", "check_carry", "check_params", "check_xs"]
 
 
 class LSTMState(NamedTuple):
@@ -103,3 +104,81 @@ def carry_like_step(params: Any, carry: Any, x: jax.Array) -> Any:
         return a if jnp.finfo(wide).bits == jnp.finfo(dt).bits else jnp.asarray(a, wide)
 
     return jax.tree.map(cast, carry)
+
+
+@functools.lru_cache(maxsize=256)
+def _param_shapes(init: Callable, in_dim: int) -> dict:
+    """``{name: shape}`` of ``init(key, in_dim)``, from ``jax.eval_shape`` (no compute).
+    Cached per init function (which holds its cell alive, so the key cannot be reused)."""
+    abstract = jax.eval_shape(lambda key: init(key, in_dim), jax.random.key(0))
+    return {k: tuple(v.shape) for k, v in abstract.items()}
+
+
+_PARAMS_FIX = (
+    "Initialise them with cell.init(key, in_dim) for this cell (or convert with "
+    "jgrad.rnn.from_torch / from_flax, which check the source)."
+)
+
+
+def check_params(cell: Cell, params: Any, name: str = "params") -> int:
+    """Raises ValueError unless ``params`` has the keys and shapes ``cell.init(key,
+    in_dim)`` gives (computed abstractly, before any tracing), with float leaves; returns
+    ``in_dim``, read from ``params["w_ih"]``."""
+    if not isinstance(params, dict):
+        raise ValueError(
+            f"`{name}` must be a dict of arrays like cell.init(key, in_dim) gives for a "
+            f"{cell.kind} cell, got {type(params).__name__}. {_PARAMS_FIX}"
+        )
+    w_ih = params.get("w_ih")
+    if w_ih is None or len(jnp.shape(w_ih)) != 2:
+        got = "no 'w_ih'" if w_ih is None else f"'w_ih' of shape {jnp.shape(w_ih)}"
+        raise ValueError(
+            f"`{name}['w_ih']` must be a 2-D (in_dim, G) input weight for a {cell.kind} "
+            f"cell, got {got} (keys {sorted(params)}). {_PARAMS_FIX}"
+        )
+    in_dim = int(jnp.shape(w_ih)[0])
+    want = _param_shapes(cell.init, in_dim) if in_dim >= 1 else None
+    if want is None:
+        raise ValueError(
+            f"`{name}['w_ih']` must have at least one row (in_dim >= 1), got shape "
+            f"{jnp.shape(w_ih)}. {_PARAMS_FIX}"
+        )
+    if set(params) != set(want):
+        missing = sorted(set(want) - set(params))
+        extra = sorted(set(params) - set(want))
+        raise ValueError(
+            f"`{name}` must have the keys {sorted(want)} of a {cell.kind} cell, got "
+            f"{sorted(params)} (missing {missing}, unexpected {extra}): params of another "
+            f"cell type? {_PARAMS_FIX}"
+        )
+    for k, shape in want.items():
+        got = jnp.shape(params[k])
+        if got != shape:
+            raise ValueError(
+                f"`{name}[{k!r}]` must have shape {shape} for a {cell.kind} cell of "
+                f"hidden size {cell.hidden} with in_dim {in_dim} (as cell.init(key, "
+                f"{in_dim}) gives), got {got}: params of a cell of another width or "
+                f"type? {_PARAMS_FIX}"
+            )
+        dt = jnp.result_type(params[k])
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise ValueError(
+                f"`{name}[{k!r}]` must be a real floating-point array, got dtype {dt}. "
+                "Cast it, e.g. with .astype(jnp.float32)."
+            )
+    return in_dim
+
+
+def check_xs(xs: Any, name: str = "xs") -> None:
+    """Raises ValueError unless ``xs`` is an array of a real floating dtype (integer,
+    bool and complex inputs are refused before tracing)."""
+    if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
+        raise ValueError(
+            f"`{name}` must be a float array, got {type(xs).__name__}. Convert it with "
+            f"jnp.asarray({name}, jnp.float32)."
+        )
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        raise ValueError(
+            f"`{name}` must be a real floating-point array, got dtype {xs.dtype}. Cast it, "
+            f"e.g. {name}.astype(jnp.float32) (a complex input has no real gradient norm)."
+        )

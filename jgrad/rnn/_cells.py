@@ -26,7 +26,8 @@ def _zeros_carry(hidden):
     return init_carry
 
 
-def _check_in_dim(in_dim):
+def _check_init_args(key, in_dim):
+    _checks.prng_key("key", key)
     return _checks.positive_int(
         "in_dim", in_dim, "Pass the number of input features per time step, e.g. 32."
     )
@@ -68,6 +69,9 @@ def vanilla(
         Initialize Recurrent Networks of Rectified Linear Units", 2015, arXiv:1504.00941.
     """
     _checks.positive_int("hidden", hidden)
+    _checks.non_negative("weight_var", weight_var)
+    _checks.non_negative("bias_var", bias_var)
+    _checks.non_negative("input_var", input_var)
     act = get_activation(activation)
     w_hh_fn = _init.get(
         w_hh_init,
@@ -79,7 +83,7 @@ def vanilla(
     b_fn = _init.gaussian_bias(bias_var)
 
     def init(key, in_dim):
-        _check_in_dim(in_dim)
+        _check_init_args(key, in_dim)
         k1, k2, k3 = jax.random.split(key, 3)
         return {
             "w_ih": w_ih_fn(k1, (in_dim, hidden)),
@@ -127,12 +131,14 @@ def lstm(
         Exploration of Recurrent Network Architectures", ICML 2015.
     """
     _checks.positive_int("hidden", hidden)
-    forget_bias = float(forget_bias)
+    forget_bias = _checks.real(
+        "forget_bias", forget_bias, "Pass e.g. forget_bias=1.0 (the usual value)."
+    )
     w_ih_fn, w_hh_fn = _init.get(w_ih_init), _init.get(w_hh_init)
     H = hidden
 
     def init(key, in_dim):
-        _check_in_dim(in_dim)
+        _check_init_args(key, in_dim)
         k1, k2 = jax.random.split(key)
         b = jnp.zeros((4 * H,), jnp.float32).at[H : 2 * H].set(forget_bias)
         # Recurrent weights per gate block, so orthogonal init is orthogonal per gate.
@@ -193,7 +199,7 @@ def gru(
     H = hidden
 
     def init(key, in_dim):
-        _check_in_dim(in_dim)
+        _check_init_args(key, in_dim)
         k1, k2 = jax.random.split(key)
         w_hh = jnp.concatenate(
             [w_hh_fn(k, (H, H)) for k in jax.random.split(k2, 3)], axis=-1

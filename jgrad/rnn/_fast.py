@@ -23,12 +23,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jgrad import _checks
-from jgrad.rnn._cell import Cell, LSTMState, carry_like_step
+from jgrad.rnn._cell import Cell, LSTMState, carry_like_step, check_params, check_xs
 from jgrad.rnn._fast_gru import gru_core, gru_layer
 from jgrad.rnn._fast_lstm import lstm_layer
 from jgrad.rnn._fast_vanilla import vanilla_core
+from jgrad.rnn._unroll import length_out_of_range
 from jgrad.rnn._unroll import unroll as unroll_one
 
 __all__ = ["unroll_batch"]
@@ -81,7 +83,12 @@ def unroll_batch(
         carry0: initial carry with a leading batch axis (``cell.init_carry((B,))``).
         seq_length: the number of real steps: an int (the same for every sequence) or a
             (B,) int array, one length per sequence (the name it has under ``vmap`` of
-            :func:`jgrad.rnn.unroll`). Padded steps keep the carry and output 0.
+            :func:`jgrad.rnn.unroll`). Padded steps keep the carry and output 0. A
+            concrete length must be an integer in [0, T] and an array must have shape
+            (B,) (checked before tracing); a traced length (under ``jit``/``vmap``)
+            outside [0, T] makes that sequence's final carry and outputs NaN (reported
+            as data, never clamped), and is an error under
+            ``jax.experimental.checkify.checkify``.
         unroll: ``lax.scan``'s unroll factor, forward and backward; it also picks the
             memory layout (above). None (default): the best measured factor for JAX's
             default backend, ``DEFAULT_UNROLL``: 1 on CPU, 4 elsewhere (the faster of the
@@ -93,11 +100,14 @@ def unroll_batch(
         ``(final_carry, ys)`` with ``ys`` (B, T, H).
 
     Raises:
-        ValueError: ``cell`` not a :class:`Cell`, ``xs`` not of rank 3, T = 0, input size
-            or carry not matching the cell, an int ``seq_length`` outside [0, T], bad
+        ValueError: ``cell`` not a :class:`Cell`, ``xs`` not a float array of rank 3,
+            T = 0, ``params`` whose keys or shapes differ from ``cell.init``'s, input
+            size or carry not matching the cell, a concrete ``seq_length`` that is not an
+            integer in [0, T] or not of shape (B,), bad
             ``unroll``/``grad_clip``/``grad_clip_mode``.
     """
     _checks.cell("cell", cell)
+    check_xs(xs)
     shape = jnp.shape(xs)
     _checks.rank(
         "xs",
@@ -107,9 +117,8 @@ def unroll_batch(
     )
     B, T, _ = shape
     _checks.time_steps("xs", shape, axis=1)
-    _checks.feature_size(
-        "xs", shape, params["w_ih"].shape[0], layer=f"this {cell.kind} cell"
-    )
+    in_dim = check_params(cell, params)
+    _checks.feature_size("xs", shape, in_dim, layer=f"this {cell.kind} cell")
     ref = cell.init_carry((B,))
     if jax.tree.structure(ref) != jax.tree.structure(carry0) or any(
         jnp.shape(a) != b.shape
@@ -119,9 +128,8 @@ def unroll_batch(
             f"`carry0` must be structured like cell.init_carry(({B},)) with leaves of shape "
             f"({B}, {cell.hidden}), got {jax.tree.map(jnp.shape, carry0)}."
         )
-    if seq_length is not None and jnp.ndim(seq_length) == 0:  # one length for all
-        _checks.seq_length("seq_length", seq_length, T)
-        seq_length = jnp.full((B,), seq_length)
+    if seq_length is not None:
+        seq_length = _check_lengths(seq_length, B, T)
     if grad_clip is not None:
         _checks.positive("grad_clip", grad_clip)
     _checks.choice("grad_clip_mode", grad_clip_mode, ("value", "norm"))
@@ -134,7 +142,17 @@ def unroll_batch(
         return _vmap_unroll(
             cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode
         )
+    out = _run_batch(
+        cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode
+    )
+    if seq_length is not None:  # a traced length outside [0, T] gives NaN outputs
+        out = length_out_of_range(seq_length, T, out)
+    return out
 
+
+def _run_batch(cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode):
+    """The hand-written paths of :func:`unroll_batch`, arguments checked."""
+    T = jnp.shape(xs)[1]
     carry0 = carry_like_step(params, carry0, xs)
     valid = None
     if seq_length is not None:
@@ -202,6 +220,38 @@ def unroll_batch(
             unroll,
         )
     return final, jnp.swapaxes(ys, 0, 1)
+
+
+def _check_lengths(seq_length, B, T):
+    """``seq_length`` as a (B,) array: an int is repeated; a concrete (B,) array must hold
+    integers in [0, T] (checked here, before tracing); a traced one only its dtype and
+    shape (out-of-range values are reported as NaN outputs)."""
+    if jnp.ndim(seq_length) == 0:  # one length for all
+        _checks.seq_length("seq_length", seq_length, T)
+        return jnp.full((B,), seq_length)
+    if jnp.shape(seq_length) != (B,):
+        raise ValueError(
+            f"`seq_length` must be an int or a (B,) = ({B},) int array, one length per "
+            f"sequence of xs, got shape {jnp.shape(seq_length)}. Pass one length per "
+            "sequence, in the order of xs's batch axis."
+        )
+    dtype = jnp.result_type(seq_length)
+    if not jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_:
+        raise ValueError(
+            f"`seq_length` must be an integer array (the number of real steps of each "
+            f"sequence), got dtype {dtype}. Pass e.g. jnp.array([5, 3, ...], jnp.int32)."
+        )
+    if not isinstance(seq_length, jax.core.Tracer):
+        values = np.asarray(seq_length)
+        bad = (values < 0) | (values > T)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"`seq_length` must hold lengths in [0, T] = [0, {T}], got "
+                f"seq_length[{i}] = {int(values[i])}. Each is the number of real "
+                "(unpadded) steps at the start of its sequence."
+            )
+    return jnp.asarray(seq_length)
 
 
 def _vmap_unroll(cell, params, xs, carry0, seq_length, unroll, grad_clip, mode):

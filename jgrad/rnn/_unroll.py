@@ -13,9 +13,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import checkify
 
 from jgrad import _checks
-from jgrad.rnn._cell import Cell, LSTMState, carry_like_step, check_carry
+from jgrad.rnn._cell import (
+    Cell,
+    LSTMState,
+    carry_like_step,
+    check_carry,
+    check_params,
+    check_xs,
+)
 from jgrad.rnn._clip import clip_carry_grad
 
 __all__ = ["unroll", "unroll_stack", "bidirectional"]
@@ -32,14 +40,20 @@ def _hidden(carry):
 
 def _validate(cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode):
     _checks.cell("cell", cell)
+    check_xs(xs)
     shape = jnp.shape(xs)
     _checks.rank("xs", shape, (2,), _BATCH_FIX)
     _checks.time_steps("xs", shape, axis=0)
-    _checks.feature_size(
-        "xs", shape, params["w_ih"].shape[0], layer=f"this {cell.kind} cell"
-    )
+    in_dim = check_params(cell, params)
+    _checks.feature_size("xs", shape, in_dim, layer=f"this {cell.kind} cell")
     check_carry(cell, carry0)
     if seq_length is not None:
+        if jnp.ndim(seq_length) != 0:
+            raise ValueError(
+                f"`seq_length` must be one integer for the one sequence unroll runs, got "
+                f"shape {jnp.shape(seq_length)}. For a batch, jax.vmap over unroll with "
+                "one length per sequence, or use unroll_batch(..., seq_length=lengths)."
+            )
         _checks.seq_length("seq_length", seq_length, shape[0])
     if not isinstance(unroll, bool):
         _checks.positive_int("unroll", unroll)
@@ -74,7 +88,11 @@ def unroll(
         seq_length: number of real steps (the rest of ``xs`` is padding). Padded steps leave
             the carry unchanged and output zeros, so the final carry is the one after the
             last real step; with ``reverse=True`` the reverse pass starts at the last real
-            step. Under ``vmap``, give one length per sequence.
+            step. Under ``vmap``, give one length per sequence. A concrete length must be
+            an integer in [0, T] (checked before tracing); a traced one (under ``jit``
+            or ``vmap``) that lies outside [0, T] makes the final carry, ``ys`` and
+            ``carries`` of that sequence NaN (reported as data, never clamped), and is
+            an error under ``jax.experimental.checkify.checkify``.
         grad_clip: if set, clip the back-propagated dL/ds_t of the carry at every step
             (:func:`clip_carry_grad`: "clip through time"). Changes gradients, not values.
         grad_clip_mode: ``"value"`` (elementwise, Graves 2013) or ``"norm"``.
@@ -84,9 +102,10 @@ def unroll(
         every leaf of ``carries`` of shape (T, H) when ``return_carries``.
 
     Raises:
-        ValueError: wrong rank of ``xs`` (with how to vmap), T = 0, input size not matching
-            params, wrong carry structure or shape, ``seq_length`` outside [0, T], bad
-            ``unroll``/``grad_clip``.
+        ValueError: ``xs`` not a float array or of the wrong rank (with how to vmap),
+            T = 0, ``params`` whose keys or shapes differ from ``cell.init``'s, input
+            size not matching params, wrong carry structure or shape, a ``seq_length``
+            that is not one integer in [0, T], bad ``unroll``/``grad_clip``.
 
     Examples:
         >>> import jax, jgrad
@@ -117,10 +136,34 @@ def unroll(
     # The step index is scanned only when a length has to be compared with it.
     inputs = xp if seq_length is None else (xp, jnp.arange(T))
     final, out = lax.scan(body, carry0, inputs, reverse=reverse, unroll=unroll)
+    if seq_length is not None:
+        final, out = length_out_of_range(seq_length, T, (final, out))
     if return_carries:
         ys, carries = out
         return final, ys, carries
     return final, out
+
+
+def length_out_of_range(seq_length, T: int, outputs):
+    """``outputs`` with every floating leaf NaN where the (possibly traced, possibly
+    batched) ``seq_length`` lies outside [0, T]: a traced length cannot be checked before
+    running, so an impossible one is reported as data instead of being clamped. Under
+    ``jax.experimental.checkify.checkify`` it is also an error (``debug_check``)."""
+    n = jnp.asarray(seq_length)
+    bad = (n < 0) | (n > T)
+    checkify.debug_check(
+        ~jnp.any(bad),
+        f"seq_length must be in [0, T] = [0, {T}], got {{n}}",
+        n=n,
+    )
+
+    def poison(a):
+        if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
+            return a
+        b = jnp.reshape(bad, jnp.shape(bad) + (1,) * (jnp.ndim(a) - jnp.ndim(bad)))
+        return jnp.where(b, jnp.asarray(jnp.nan, jnp.result_type(a)), a)
+
+    return jax.tree.map(poison, outputs)
 
 
 _run = unroll  # `unroll` is also a keyword argument name below

@@ -27,6 +27,7 @@ from jgrad.analyze import (
     rnn_step_jacobians,
     unflatten_carry,
 )
+from jgrad.analyze._nonfinite import NonFiniteWarning
 from jgrad.rnn import LSTMState
 
 H, D, T = 4, 3, 10
@@ -247,7 +248,7 @@ def test_single_step_sequence(rng):
         ref = _ref_step_jacobians(cell, params, xs, c0)[0]
         seq = _jit(rnn_jacobian_products, cell)(params, xs, c0)
         par = _jit(rnn_jacobian_products, cell, parallel=True)(params, xs, c0)
-        lam = _jit(lyapunov_spectrum, cell)(params, xs, c0)
+        lam = _jit(lyapunov_spectrum, cell)(params, xs, c0).exponents
         flow = jax.jit(lambda p, x, c: rnn_grad_norms(cell, p, x, c, jnp.sum))(
             params, xs, c0
         )
@@ -408,9 +409,9 @@ def test_lyapunov_linear_rnn_is_log_abs_eigenvalues(rng):
         params = dict(params, w_hh=jnp.asarray(A.T))  # step s @ A^T: Jacobian A
         jac = rnn_step_jacobians(cell, params, xs[:2], c0)
         np.testing.assert_allclose(np.asarray(jac[1]), A, rtol=1e-14, atol=1e-14)
-        plain = _jit(lyapunov_spectrum, cell)(params, xs, c0)
-        warm = _jit(lyapunov_spectrum, cell, warmup=150)(params, xs, c0)
-        top2 = _jit(lyapunov_spectrum, cell, k=2, warmup=150)(params, xs, c0)
+        plain = _jit(lyapunov_spectrum, cell)(params, xs, c0).exponents
+        warm = _jit(lyapunov_spectrum, cell, warmup=150)(params, xs, c0).exponents
+        top2 = _jit(lyapunov_spectrum, cell, k=2, warmup=150)(params, xs, c0).exponents
     assert plain.shape == (6,) and plain.dtype == jnp.float64
     # Without warmup the initial basis alignment costs O(1/T).
     np.testing.assert_allclose(np.asarray(plain), expected, atol=2e-2)
@@ -435,7 +436,7 @@ def test_lyapunov_sum_is_mean_log_abs_det(name, rng):
                 lyapunov_spectrum(cell, p, x, c, k=3),
             )
         )(params, xs, c0)
-        full, warm, top3 = np.asarray(full), np.asarray(warm), np.asarray(top3)
+        full, warm, top3 = (np.asarray(r.exponents) for r in (full, warm, top3))
         ref_jac = _ref_step_jacobians(cell, params, xs, c0)
     sign, logdet = np.linalg.slogdet(ref_jac)
     assert np.all(sign != 0)
@@ -461,11 +462,11 @@ def test_lyapunov_vmap_over_sequences_and_carries_equals_loop(rng):
         )
         batched = jax.jit(
             jax.vmap(lambda x, c: lyapunov_spectrum(cell, params, x, c, k=5, warmup=3))
-        )(xs, c0)
+        )(xs, c0).exponents
         loop = [
             lyapunov_spectrum(
                 cell, params, xs[b], LSTMState(c0.h[b], c0.c[b]), k=5, warmup=3
-            )
+            ).exponents
             for b in range(B)
         ]
     assert batched.shape == (B, 5)
@@ -515,10 +516,14 @@ def test_pascanu_bound_holds_and_matches_numpy(act, weight_var, getkey):
     np.testing.assert_allclose(np.asarray(pb.log_norms), ref_logs, rtol=1e-8, atol=1e-8)
     dist = Tl - np.arange(Tl)
     assert np.all(ref_logs <= dist * np.log(float(pb.bound)) + 1e-9)
-    # measured_rate is exp of the least-squares slope of log_norms against T - t.
+    # measured_log_rate is the least-squares slope of log_norms against T - t (natural
+    # log per step) and measured_factor its exp; log_bound is log(gamma ||W_hh||_2).
     slope = np.polyfit(dist, ref_logs, 1)[0]
-    np.testing.assert_allclose(float(pb.measured_rate), np.exp(slope), rtol=1e-8)
-    assert float(pb.measured_rate) <= float(pb.bound) * (1 + 1e-6)
+    np.testing.assert_allclose(float(pb.measured_log_rate), slope, rtol=1e-8)
+    np.testing.assert_allclose(float(pb.measured_factor), np.exp(slope), rtol=1e-8)
+    np.testing.assert_allclose(float(pb.log_bound), np.log(gamma * w_norm), rtol=1e-10)
+    assert float(pb.measured_factor) <= float(pb.bound) * (1 + 1e-6)
+    assert float(pb.measured_log_rate) <= float(pb.log_bound) + 1e-6
 
 
 def test_pascanu_vanishing_guaranteed_and_products_decay(getkey, rng):
@@ -535,7 +540,8 @@ def test_pascanu_vanishing_guaranteed_and_products_decay(getkey, rng):
     assert np.all(np.diff(logs) > 0)
     # ... at least as fast as bound^(T - t).
     assert np.all(logs <= (Tl - np.arange(Tl)) * np.log(float(pb.bound)) + 1e-4)
-    assert float(pb.measured_rate) < float(pb.bound) < 1
+    assert float(pb.measured_factor) < float(pb.bound) < 1
+    assert float(pb.measured_log_rate) < float(pb.log_bound) < 0
 
 
 def test_pascanu_sigmoid_gamma_and_gated_cells_rejected(getkey, rng):
@@ -622,7 +628,7 @@ def test_lyapunov_k_and_warmup_rejected(rng):
     lstm = CELLS["lstm"]
     lp, lxs, lc0 = _setup(lstm, rng, dtype=np.float32)
     # n = 2H for the LSTM, so k = 2H is allowed and 2H + 1 is not.
-    assert lyapunov_spectrum(lstm, lp, lxs, lc0, k=2 * H).shape == (2 * H,)
+    assert lyapunov_spectrum(lstm, lp, lxs, lc0, k=2 * H).exponents.shape == (2 * H,)
     with pytest.raises(ValueError, match="`k`"):
         lyapunov_spectrum(lstm, lp, lxs, lc0, k=2 * H + 1)
 
@@ -664,16 +670,19 @@ def test_overflow_warns_naming_first_nonfinite_step(getkey, rng):
             first = t + 1
             break
     assert first is not None and first < xs.shape[0]
-    with pytest.warns(RuntimeWarning, match=f"step {first} ") as rec:
+    with pytest.warns(NonFiniteWarning, match=rf"at step {first}\b") as rec:
         jac = rnn_step_jacobians(cell, params, xs, c0)
     assert any("rnn_step_jacobians" in str(r.message) for r in rec)
     assert np.all(np.isfinite(np.asarray(jac[: first - 1])))
-    # rnn_grad_norms reports the same first non-finite step.
+    assert np.all(np.isnan(np.asarray(jac[first:])))
+    # rnn_grad_norms reports the same first non-finite step, as a warning and as data.
     with pytest.warns(
-        RuntimeWarning,
-        match=f"rnn_grad_norms: non-finite values first at step {first} ",
+        NonFiniteWarning,
+        match=rf"rnn_grad_norms: the forward pass went non-finite .* at step {first}\b",
     ):
-        rnn_grad_norms(cell, params, xs, c0, lambda ys: jnp.sum(ys[-1]))
+        flow = rnn_grad_norms(cell, params, xs, c0, lambda ys: jnp.sum(ys[-1]))
+    assert int(flow.nonfinite.forward) == first
+    assert not np.any(np.asarray(flow.log10_norm) == -np.inf)
 
 
 def test_no_warning_for_finite_run_and_under_jit(getkey, rng):
@@ -690,7 +699,7 @@ def test_no_warning_for_finite_run_and_under_jit(getkey, rng):
         # Under jit the values are returned, non-finite states and all, without a warning.
         jac, carries = jax.jit(f)(params, xs, c0)
     assert not np.all(np.isfinite(np.asarray(carries)))
-    with pytest.warns(RuntimeWarning, match="step"):
+    with pytest.warns(NonFiniteWarning, match="step"):
         eager = rnn_step_jacobians(cell, params, xs, c0)
     np.testing.assert_array_equal(np.asarray(jac), np.asarray(eager))
 
@@ -711,7 +720,9 @@ def test_jit_matches_eager(rng):
             )
         eager = lyapunov_spectrum(cell, params, xs, c0, k=3, warmup=2)
         jitted = _jit(lyapunov_spectrum, cell, k=3, warmup=2)(params, xs, c0)
-        np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-10)
+        np.testing.assert_allclose(
+            np.asarray(jitted.exponents), np.asarray(eager.exponents), rtol=1e-10
+        )
 
 
 @pytest.mark.slow
@@ -749,7 +760,7 @@ def test_float64_accumulation_of_a_float32_cell(parallel, rng):
         jac32 = np.asarray(jac32, np.float64)
         lyap = jax.jit(
             lambda p, x, c: lyapunov_spectrum(cell, p, x, c, accumulate="float64")
-        )(params, xs, c0)
+        )(params, xs, c0).exponents
         vals = np.asarray(prods.value())
     assert jac32.shape[0] == 40 and prods.matrix.dtype == jnp.float64
     assert lyap.dtype == jnp.float64
@@ -774,7 +785,10 @@ def test_float64_params_with_a_float32_carry(rng):
         params, xs, c0 = _setup(cell, rng, T=12)
         c32 = jax.tree.map(lambda a: a.astype(jnp.float32), c0)
         c64 = jax.tree.map(lambda a: a.astype(jnp.float64), c32)
-        for fn in (rnn_step_jacobians, lyapunov_spectrum):
+        for fn in (
+            rnn_step_jacobians,
+            lambda *args: lyapunov_spectrum(*args).exponents,
+        ):
             a, b = fn(cell, params, xs, c32), fn(cell, params, xs, c64)
             assert a.dtype == jnp.float64
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
