@@ -6,6 +6,13 @@ Which function gives which number (number wanted -> function -> cost / accuracy)
 network analyzers take ONE example (``vmap`` for a batch); logs are natural except the
 gradient norms' (log10, as their field names say).
 
+Every analyzer result carries ``nonfinite``, a ``NonFinite(forward, backward)`` record of
+where its values first went NaN or inf (data that survives ``jit`` and ``vmap``; eager
+calls also warn with ``NonFiniteWarning``); values computed from a NaN or inf are NaN,
+``-inf`` only for an exact zero. ``input_output_spectrum`` and ``output_spectra`` return a
+``Spectrum(log_sv, nonfinite)``, ``output_sweep`` a ``Sweep(products, nonfinite)``. The
+rules and how the indices count: docs/api.md, "Non-finite values".
+
 Feedforward networks (``net, params, x``):
 
 - gradient norm of dL/dh_k at every layer output, and of dL/dtheta per parameter

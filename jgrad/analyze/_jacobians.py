@@ -94,6 +94,10 @@ def jacobian(
     Returns:
         The ``(m, n)`` Jacobian.
 
+    Raises:
+        ValueError: ``x`` is not a non-empty real floating-point array (a list, an
+            integer or complex array), or ``mode``/``chunk_size`` is invalid.
+
     Examples:
         >>> import jax.numpy as jnp
         >>> J = jacobian(lambda v: jnp.sin(v) * v[0], jnp.arange(1.0, 4.0), chunk_size=2)
@@ -103,7 +107,7 @@ def jacobian(
     _checks.choice("mode", mode, ("auto", "fwd", "rev"))
     if chunk_size is not None:
         _checks.positive_int("chunk_size", chunk_size)
-    x = jnp.asarray(x)
+    _check_point(x)
     shape = x.shape
 
     def flat_fn(v):
@@ -126,6 +130,27 @@ def jacobian(
         return over_basis(push, jnp.eye(n, dtype=xf.dtype)).T
     _, pull = jax.vjp(flat_fn, xf)
     return over_basis(lambda c: pull(c)[0], jnp.eye(m, dtype=out.dtype))
+
+
+def _check_point(x) -> None:
+    """Raises ValueError unless ``x`` is a non-empty real floating-point array."""
+    dtype = getattr(x, "dtype", None)
+    if isinstance(x, (list, tuple)) or dtype is None or not hasattr(x, "shape"):
+        raise ValueError(
+            f"`x` must be an array (jax or NumPy), got {type(x).__name__}. Convert it "
+            "with jnp.asarray(x, jnp.float32)."
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"`x` must be a real floating-point array (float32 or float64), got dtype "
+            f"{jnp.dtype(dtype)}: a Jacobian is taken with respect to real inputs. "
+            "Convert it with x.astype(jnp.float32)."
+        )
+    if 0 in tuple(x.shape):
+        raise ValueError(
+            f"`x` must hold at least one value, got shape {tuple(x.shape)}. Pass the "
+            "point at which to take the Jacobian."
+        )
 
 
 # ----------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def _push_fwd(maps, vs, logs, start):
     L = len(maps)
     cur, cur_log = None, None
     for m in range(start, L):
-        jvp, _, in_shape, out_shape, _ = maps[m]
+        jvp, in_shape, out_shape = maps[m].jvp, maps[m].in_shape, maps[m].out_shape
         v_new = vs[m].reshape((-1,) + in_shape)
         add = v_new[None]
         lg = logs[m][None]
@@ -110,7 +110,7 @@ def _pull_back(maps, us, logs):
     res, res_log = [None] * L, [None] * L
     cur, cur_log = us, logs
     for m in range(L - 1, -1, -1):
-        _, vjp, in_shape, out_shape, _ = maps[m]
+        vjp, in_shape, out_shape = maps[m].vjp, maps[m].in_shape, maps[m].out_shape
         a, k = cur.shape[0], cur.shape[1]
         flat = cur.reshape((a * k,) + out_shape)
         out = jax.vmap(vjp)(flat).reshape((a, k, -1))

@@ -134,9 +134,11 @@ def fro(m):
 
 def normalize(m, log_scale):
     """``(m / ||m||_F, log_scale + log ||m||_F)`` over the last two axes: the same
-    product, renormalised (an all-zero ``m`` stays zero with log scale ``-inf``)."""
+    product, renormalised (an all-zero ``m`` stays zero with log scale ``-inf``; an
+    ``m`` holding a NaN or inf becomes all NaN with log scale NaN)."""
     n = fro(m)
-    return safe_div(m, n), log_scale + safe_log(n)
+    bad = jnp.isnan(n)[..., None, None]  # fro is NaN exactly for a NaN or inf entry
+    return jnp.where(bad, jnp.nan, safe_div(m, n)), log_scale + safe_log(n)
 
 
 def accumulate_dtype(accumulate: str | None):

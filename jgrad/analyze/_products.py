@@ -139,6 +139,9 @@ def jacobian_product(
 
     Returns:
         A :class:`LogMatrix` of shape ``(n_stop, n_start)``; the identity when equal.
+        A product that takes in a Jacobian holding a NaN or inf is all NaN (matrix and
+        log scale); the same holds for :func:`input_products` and
+        :func:`output_products`.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -344,7 +347,8 @@ def log_singular_values(
             ``jgrad.analyze._host_svd``).
 
     Returns:
-        ``(r,)`` log singular values, r = min of the dimensions along the product.
+        ``(r,)`` log singular values, r = min of the dimensions along the product; all
+        NaN when a Jacobian (or the LogMatrix) holds a NaN or inf.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -368,7 +372,9 @@ def log_singular_values(
         m, s = jacobians
         if dtype is not None:
             m, s = m.astype(dtype), s.astype(dtype)
-        return jnp.log(svdvals(m, svd)) + s[..., None]
+        bad = jnp.any(~jnp.isfinite(m), axis=(-2, -1)) | jnp.isnan(s) | (s == jnp.inf)
+        out = jnp.log(svdvals(m, svd)) + s[..., None]
+        return jnp.where(bad[..., None], jnp.nan, out)
     mats = _as_mats(jacobians, dtype=dtype)
     start, stop = _check_range(start, stop, len(mats))
     if start == stop:
@@ -380,7 +386,7 @@ def log_singular_values(
         return log_singular_values(jacobian_product(mats, start, stop), svd=svd)
     sub = mats[start:stop]
     r = min(sub[-1].shape[0], sub[0].shape[1])
-    return jnp.sort(_qr_logs(sub))[::-1][:r]
+    return _nan_if_nonfinite(sub, jnp.sort(_qr_logs(sub))[::-1][:r])
 
 
 @full_precision
@@ -392,7 +398,8 @@ def log_abs_det(
     accumulate: str | None = None,
 ) -> jax.Array:
     """``log |det(J_stop ... J_(start+1))|`` by QR accumulation: exact at any depth and
-    conditioning (a sum of per-layer terms). Square products only.
+    conditioning (a sum of per-layer terms). Square products only. NaN when a
+    Jacobian holds a NaN or inf.
 
     Args:
         jacobians, start, stop: as :func:`log_singular_values`.
@@ -409,4 +416,14 @@ def log_abs_det(
             f"`jacobians` must give a square product for a determinant, got "
             f"({n_out}, {n_in}). Use log_singular_values for a rectangular product."
         )
-    return jnp.sum(_qr_logs(sub))
+    return _nan_if_nonfinite(sub, jnp.sum(_qr_logs(sub)))
+
+
+def _nan_if_nonfinite(mats, out):
+    """``out`` where every Jacobian in ``mats`` is finite, else NaN (a NaN or inf
+    Jacobian must not read as a finite log or as ``-inf``, an exact zero)."""
+    if hasattr(mats, "shape"):
+        ok = jnp.all(jnp.isfinite(mats))
+    else:
+        ok = jnp.stack([jnp.all(jnp.isfinite(m)) for m in mats]).all()
+    return jnp.where(ok, out, jnp.nan)

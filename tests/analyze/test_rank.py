@@ -117,6 +117,7 @@ def test_compressed_spectrum_equals_float64_and_the_uncompressed_sweep(chaotic):
             lambda x: analyze.input_output_spectrum(net, params, x, compress=False)
         )
     )(xs)
+    got, full = got.log_sv, full.log_sv
     got, full = np.asarray(got), np.asarray(full)
     assert got.shape == full.shape == (3, 24)
     dropped = ~np.isfinite(got)
@@ -139,10 +140,10 @@ def test_compressed_spectrum_equals_float64_and_the_uncompressed_sweep(chaotic):
 
 def test_every_layer_spectrum_compressed_equals_the_uncompressed_ones(chaotic):
     net, params, xs = chaotic
-    got = jax.jit(lambda x: analyze.output_spectra(net, params, x))(xs[0])
+    got = jax.jit(lambda x: analyze.output_spectra(net, params, x))(xs[0]).log_sv
     full = jax.jit(lambda x: analyze.output_spectra(net, params, x, compress=False))(
         xs[0]
-    )
+    ).log_sv
     assert len(got) == len(full) == 64
     assert not np.isfinite(np.asarray(got[0])).all()  # compressed near the input
     assert np.isfinite(np.asarray(got[-1])).all()  # and not at the output
@@ -157,11 +158,13 @@ def test_every_layer_spectrum_compressed_equals_the_uncompressed_ones(chaotic):
 def test_vmap_shares_one_bucket_and_keeps_each_example_exact(chaotic):
     net, params, xs = chaotic
     batched = np.asarray(
-        jax.jit(jax.vmap(lambda x: analyze.input_output_spectrum(net, params, x)))(xs)
+        jax.jit(jax.vmap(lambda x: analyze.input_output_spectrum(net, params, x)))(
+            xs
+        ).log_sv
     )
     counts = np.isfinite(batched).sum(axis=1)
     assert len(set(counts.tolist())) == 1  # one bucket for the batch
-    alone_fn = jax.jit(lambda v: analyze.input_output_spectrum(net, params, v))
+    alone_fn = jax.jit(lambda v: analyze.input_output_spectrum(net, params, v).log_sv)
     for b, x in zip(batched, xs, strict=True):
         alone = np.asarray(alone_fn(x))
         assert np.isfinite(alone).sum() <= counts[0]  # each keeps at least its own rows
@@ -182,7 +185,7 @@ def test_a_spectrum_that_does_not_spread_is_never_compressed(getkey):
     _, params = net.init(getkey(), (16,))
     x = jax.random.normal(getkey(), (16,))
     got = np.asarray(
-        jax.jit(lambda v: analyze.input_output_spectrum(net, params, v))(x)
+        jax.jit(lambda v: analyze.input_output_spectrum(net, params, v))(x).log_sv
     )
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, 0.0, atol=1e-4)
@@ -193,7 +196,7 @@ def test_derivatives_are_those_of_the_uncompressed_sweep(chaotic):
 
     def loss(x, compress):
         return jnp.sum(
-            analyze.input_output_spectrum(net, params, x, compress=compress)[:2]
+            analyze.input_output_spectrum(net, params, x, compress=compress).log_sv[:2]
         )
 
     grad = jax.jit(jax.grad(loss), static_argnums=1)
@@ -212,9 +215,10 @@ def test_a_non_finite_product_is_reported_not_compressed_away(chaotic):
     net, params, xs = chaotic
     params = list(params)
     params[20] = jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params[20])
-    with pytest.warns(RuntimeWarning, match="non-finite"):
-        got = np.asarray(analyze.input_output_spectrum(net, params, xs[0]))
-    assert np.isnan(got).any()
+    with pytest.warns(analyze.NonFiniteWarning, match="non-finite"):
+        spec = analyze.input_output_spectrum(net, params, xs[0])
+    assert np.isnan(np.asarray(spec.log_sv)).all()
+    assert int(spec.nonfinite.forward) == 11  # params[20]: the dense of block 11
 
 
 def test_bad_compress_argument(chaotic):
@@ -231,12 +235,12 @@ def test_many_blocks_outside_runs_turn_compression_off(chaotic, monkeypatch):
     net, params, xs = chaotic
     monkeypatch.setattr(_rank, "MAX_SINGLE", 0)
     got = np.asarray(
-        jax.jit(lambda v: analyze.input_output_spectrum(net, params, v))(xs[0])
+        jax.jit(lambda v: analyze.input_output_spectrum(net, params, v))(xs[0]).log_sv
     )
     full = np.asarray(
         jax.jit(
             lambda v: analyze.input_output_spectrum(net, params, v, compress=False)
-        )(xs[0])
+        )(xs[0]).log_sv
     )
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, full, atol=1e-5)

@@ -82,7 +82,7 @@ def test_blocks_that_differ_are_not_merged(getkey):
             v = fn(w, v)
         return v
 
-    sweep = analyze.output_sweep(fns, ws, x)
+    sweep = analyze.output_sweep(fns, ws, x).products
     np.testing.assert_allclose(sweep[0].value(), jax.jacrev(f)(x), rtol=2e-5, atol=1e-6)
 
 
@@ -114,9 +114,12 @@ def test_every_sweep_is_the_same_with_and_without_runs(kw, getkey, monkeypatch):
         def run_all(x):
             kws = dict(train=train, key=dkey) if train else {}
             return (
-                [p.value() for p in analyze.output_sweep(net, params, x, **kws)],
-                analyze.output_spectra(net, params, x, **kws),
-                analyze.input_output_spectrum(net, params, x, **kws),
+                [
+                    p.value()
+                    for p in analyze.output_sweep(net, params, x, **kws).products
+                ],
+                analyze.output_spectra(net, params, x, **kws).log_sv,
+                analyze.input_output_spectrum(net, params, x, **kws).log_sv,
                 analyze.output_norms(
                     net,
                     params,

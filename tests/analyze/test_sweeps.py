@@ -19,7 +19,7 @@ def _f64(tree):
 def _exact_norms(net, params, x):
     """log sigma_max and log mean squared singular value of every d y / d h_l, from the
     exact spectra (one SVD per product)."""
-    spectra = jax.jit(lambda x: analyze.output_spectra(net, params, x))(x)
+    spectra = jax.jit(lambda x: analyze.output_spectra(net, params, x))(x).log_sv
     exact_sn = jnp.stack([s[0] for s in spectra])
     exact_ms = jnp.stack([analyze.spectrum_stats(s).log_mean_sq for s in spectra])
     return exact_sn, exact_ms
@@ -57,7 +57,7 @@ def test_output_sweep_equals_per_layer_products_and_jacrev(kw, blocks, getkey):
         x = jax.random.normal(getkey(), (4,), jnp.float64)
         sweep = jax.jit(lambda x: analyze.output_sweep(net, params, x, blocks=blocks))(
             x
-        )
+        ).products
         ref = jax.jit(
             lambda x: analyze.output_products(
                 analyze.layer_jacobians(net, params, x, blocks=blocks)
@@ -85,7 +85,7 @@ def test_output_spectra_equal_numpy_svd_of_jacrev(getkey):
         _, params = net.init(getkey(), (8,))
         params = _f64(params)
         x = jax.random.normal(getkey(), (8,), jnp.float64)
-        spectra = analyze.output_spectra(net, params, x)
+        spectra = analyze.output_spectra(net, params, x).log_sv
         _, hs = net.apply(params, x, return_intermediates=True)
         hs = (x,) + hs
         for i, spec in enumerate(spectra):
@@ -95,7 +95,7 @@ def test_output_spectra_equal_numpy_svd_of_jacrev(getkey):
             np.testing.assert_allclose(spec, ref, rtol=1e-9, atol=1e-9)
         # the input-output spectrum scales by its probe row instead (``probe=True``):
         # the same values up to rounding, against the same independent reference
-        io = analyze.input_output_spectrum(net, params, x)
+        io = analyze.input_output_spectrum(net, params, x).log_sv
         jac = np.asarray(jax.jacrev(lambda v: net.apply(params, v))(x))
         ref = np.log(np.linalg.svd(jac, compute_uv=False))
         np.testing.assert_allclose(io, ref, rtol=1e-9, atol=1e-9)
@@ -113,7 +113,7 @@ def test_conv_net_uses_generic_linearization(getkey):
         _, params = net.init(getkey(), (6, 6, 2))
         params = _f64(params)
         x = jax.random.normal(getkey(), (6, 6, 2), jnp.float64)
-        sweep = analyze.output_sweep(net, params, x)
+        sweep = analyze.output_sweep(net, params, x).products
         full = jax.jacrev(lambda v: net.apply(params, v))(x).reshape(5, -1)
         np.testing.assert_allclose(sweep[0].value(), full, rtol=1e-10, atol=1e-13)
 
@@ -125,7 +125,7 @@ def test_deep_float32_sweep_neither_underflows_nor_loses_the_top_spectrum(getkey
     x = jax.random.normal(getkey(), (16,))
     plain = jax.jacrev(lambda v: net.apply(params, v))(x)
     assert float(jnp.max(jnp.abs(plain))) == 0.0  # what jax.jacrev gives
-    spectrum = jax.jit(lambda p, x: analyze.input_output_spectrum(net, p, x))
+    spectrum = jax.jit(lambda p, x: analyze.input_output_spectrum(net, p, x).log_sv)
     spec32 = spectrum(params, x)
     with jax.enable_x64(True):
         spec64 = spectrum(_f64(params), jnp.asarray(x, jnp.float64))
@@ -150,9 +150,12 @@ def test_deep_float32_probe_scale_keeps_an_exploding_product(getkey):
     _, params = net.init(getkey(), (n,))
     x = jax.random.normal(getkey(), (n,))
     io = jax.jit(lambda p, x: analyze.input_output_spectrum(net, p, x))(params, x)
+    io = io.log_sv
 
     def summed(p, x):
-        _, (m, s), _, _ = sweep(net, p, x, True, False, None, stateless(lambda m, s: None))
+        _, (m, s), _, _ = sweep(
+            net, p, x, True, False, None, stateless(lambda m, s: None)
+        )
         return log_svdvals(m, s)
 
     ref = jax.jit(summed)(params, x)
@@ -285,8 +288,9 @@ def test_vmap_over_examples_equals_a_loop(getkey):
     _, params = net.init(getkey(), (6,))
     xs = jax.random.normal(getkey(), (4, 6))
     batched = jax.jit(jax.vmap(lambda x: analyze.output_spectra(net, params, x)))(xs)
+    batched = batched.log_sv
     for i in range(4):
-        one = analyze.output_spectra(net, params, xs[i])
+        one = analyze.output_spectra(net, params, xs[i]).log_sv
         for a, b in zip(batched, one, strict=True):
             np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-3)
 
@@ -315,7 +319,7 @@ def test_bad_input(getkey):
         _matrix_free(net, params, x, getkey(), krylov_products=0)
     with pytest.raises(ValueError, match="`deep_probes`"):
         _matrix_free(net, params, x, getkey(), deep_probes=0)
-    assert jgrad.analyze.output_sweep(net, params, x)[0].matrix.shape == (4, 4)
+    assert jgrad.analyze.output_sweep(net, params, x).products[0].matrix.shape == (4, 4)
 
 
 def test_output_norms_exact_mean_square_and_lanczos_spectral_norm(getkey):
@@ -492,6 +496,9 @@ def test_a_dead_relu_layer_gives_minus_inf_not_nan(getkey):
             net, params, x, probe_key=getkey(), max_lanczos_steps=6, min_lanczos_steps=6
         )
         spectra = analyze.output_spectra(net, params, x)
+        assert int(spectra.nonfinite.forward) == int(spectra.nonfinite.backward) == -1
+        assert int(norms.nonfinite.forward) == int(norms.nonfinite.backward) == -1
+        spectra = spectra.log_sv
         _, hs = net.apply(params, x, return_intermediates=True)
         hs = (x,) + hs
         for i in range(4):
@@ -508,7 +515,8 @@ def test_a_dead_relu_layer_gives_minus_inf_not_nan(getkey):
         # the probe-row scale of input_output_spectrum: the zero probe row leaves the
         # scale alone, the zero product gives the -inf
         io = analyze.input_output_spectrum(net, params, x)
-        assert np.all(np.asarray(io) == -np.inf)
+        assert np.all(np.asarray(io.log_sv) == -np.inf)
+        assert not bool(io.nonfinite.found)
 
 
 def test_probe_scale_with_a_probe_row_nearly_orthogonal_to_the_product(getkey):
@@ -535,7 +543,7 @@ def test_probe_scale_with_a_probe_row_nearly_orthogonal_to_the_product(getkey):
     params = tuple(params)
     assert np.linalg.norm(np.asarray(params[-1]["w"]) @ g) < 1e-5 * np.linalg.norm(w)
     x = jax.random.normal(getkey(), (n,))
-    io = analyze.input_output_spectrum(net, params, x)
+    io = analyze.input_output_spectrum(net, params, x).log_sv
     with jax.enable_x64(True):
         p64, x64 = _f64(params), jnp.asarray(x, jnp.float64)
         jac = np.asarray(jax.jacrev(lambda v: net.apply(p64, v))(x64))
