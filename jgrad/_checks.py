@@ -77,41 +77,38 @@ def real(name: str, value: Any, fix: str | None = None) -> float:
 
 def non_negative(name: str, value: Any, fix: str | None = None) -> float:
     """Returns ``float(value)`` if it is a finite real >= 0, else raises ValueError."""
-    if isinstance(value, (bool, str)):
+    fix = fix or f"Pass a finite number >= 0, e.g. {name}=1.0."
+    if isinstance(value, (bool, str)) or getattr(value, "ndim", 0) != 0:
         _fail(name, "a non-negative number", value, fix)
     try:
         v = float(value)
     except (TypeError, ValueError):
         _fail(name, "a non-negative number", value, fix)
     if not v >= 0.0 or v == float("inf"):
-        _fail(name, "a finite non-negative number", value, fix or "Variances are >= 0.")
+        _fail(name, "a finite non-negative number", value, fix)
     return v
 
 
 def positive(name: str, value: Any, fix: str | None = None) -> float:
     """Returns ``float(value)`` if it is a finite real > 0, else raises ValueError."""
+    fix = fix or f"Pass a finite number > 0, e.g. {name}=0.1."
     v = non_negative(name, value, fix)
     if v == 0.0:
         _fail(name, "a positive number", value, fix)
     return v
 
 
-def probability(name: str, value: Any) -> float:
+def probability(name: str, value: Any, fix: str | None = None) -> float:
     """Returns ``float(value)`` if it lies in [0, 1), else raises ValueError."""
-    if isinstance(value, (bool, str)):
-        _fail(name, "a number in [0, 1)", value)
+    fix = fix or f"Pass a number with 0 <= {name} < 1, e.g. {name}=0.1."
+    if isinstance(value, (bool, str)) or getattr(value, "ndim", 0) != 0:
+        _fail(name, "a number in [0, 1)", value, fix)
     try:
         v = float(value)
     except (TypeError, ValueError):
-        _fail(name, "a number in [0, 1)", value)
+        _fail(name, "a number in [0, 1)", value, fix)
     if not 0.0 <= v < 1.0:
-        _fail(
-            name,
-            "a probability in [0, 1)",
-            value,
-            f"{name} is the probability of dropping a unit; 0 disables dropout and 1 "
-            "would drop everything.",
-        )
+        _fail(name, "a probability in [0, 1)", value, fix)
     return v
 
 
@@ -122,18 +119,52 @@ def boolean(name: str, value: Any) -> bool:
     return value
 
 
-def choice(name: str, value: Any, options: Iterable[str]) -> str:
-    """Returns ``value`` if it is one of ``options``, else raises ValueError listing them
-    all and suggesting the closest (``"rleu"`` -> "Did you mean 'relu'?")."""
+def choice(name: str, value: Any, options: Iterable[str | None]) -> str | None:
+    """Returns ``value`` if it is one of ``options`` (names, and None where None is an
+    option), else raises ValueError listing them all and suggesting the closest
+    (``"rleu"`` -> "Did you mean 'relu'?")."""
     options = list(options)
-    if not isinstance(value, str) or value not in options:
+    if not (isinstance(value, str) or value is None) or value not in options:
+        by_lower = {o.lower(): o for o in options if isinstance(o, str)}
         close = (
-            difflib.get_close_matches(value.lower(), options, n=1, cutoff=0.6)
+            difflib.get_close_matches(value.lower(), list(by_lower), n=1, cutoff=0.6)
             if isinstance(value, str)
             else []
         )
+        close = [by_lower[c] for c in close]
         fix = f"Did you mean {close[0]!r}? " if close else ""
         _fail(name, f"one of {options}", value, fix + "Pick one of the listed names.")
+    return value
+
+
+def float_array(name: str, value: Any) -> Any:
+    """Returns ``value`` if it is a non-empty real floating-point array (jax or NumPy,
+    traced or not), else raises ValueError (a list, a Python number, an integer, bool or
+    complex array, or an array with a zero-length axis). Reads the shape and dtype only,
+    so it costs nothing under jit."""
+    dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
+    fix = f"Convert it with {name} = jnp.asarray({name}, jnp.float32)."
+    if dtype is None or shape is None:
+        got = value
+        if isinstance(value, (list, tuple)) and len(value) > 6:
+            got = f"a {type(value).__name__} of length {len(value)}"
+        elif not (
+            value is None or isinstance(value, (list, tuple, int, float, complex, str))
+        ):
+            got = f"a {type(value).__name__}"
+        _fail(name, "a floating-point array (jax or NumPy)", got, fix)
+    import jax.numpy as jnp
+
+    if not jnp.issubdtype(dtype, jnp.floating):
+        got = f"an array of dtype {dtype} and shape {tuple(shape)}"
+        _fail(name, "a real floating-point array (float32 or float64)", got, fix)
+    if 0 in tuple(shape):
+        _fail(
+            name,
+            "an array with at least one value",
+            f"shape {tuple(shape)}",
+            "Pass one example, or a batch of at least one.",
+        )
     return value
 
 
@@ -156,7 +187,9 @@ def prng_key(name: str, value: Any, *, optional: bool = False) -> Any:
     _fail(
         name,
         f"a JAX PRNG key{none}",
-        value if dtype is None else f"an array of dtype {dtype}",
+        value
+        if dtype is None
+        else f"an array of dtype {dtype} and shape {tuple(getattr(value, 'shape', ()))}",
         f"Make one from a seed with {name}=jax.random.key(0), and split it for each use "
         "(jax.random.split).",
     )

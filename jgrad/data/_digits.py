@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jgrad import _checks
+
 __all__ = ["Dataset", "digits"]
 
 
@@ -33,7 +35,12 @@ def digits(*, flat: bool = False, standardize: bool = True) -> Dataset:
 
     Returns:
         A :class:`Dataset` with 10 classes.
+
+    Raises:
+        ValueError: if ``flat`` or ``standardize`` is not a bool.
     """
+    _checks.boolean("flat", flat)
+    _checks.boolean("standardize", standardize)
     from sklearn.datasets import load_digits
 
     d = load_digits()

@@ -47,18 +47,36 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
     Raises:
         ValueError: if ``shape`` has fewer than two axes.
     """
-    shape = tuple(shape)
+    shape = _shape(shape)
     if len(shape) < 2:
-        raise ValueError(
-            f"`shape` must have at least two axes (..., fan_in, fan_out) for a weight "
-            f"initializer, got {shape}. Use gaussian_bias/zeros/constant for biases."
+        _checks._fail(
+            "shape",
+            "a shape with at least two axes (..., fan_in, fan_out) for a weight "
+            "initializer",
+            shape,
+            "Use gaussian_bias/zeros/constant for biases.",
         )
     receptive = math.prod(shape[:-2])
     return shape[-2] * receptive, shape[-1] * receptive
 
 
+def _shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints >= 1 (``np.int64`` too), else a ValueError."""
+    fix = "Pass the shape of the array to create, e.g. (784, 256)."
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        _checks._fail("shape", "a tuple of positive ints", shape, fix)
+    if isinstance(shape, str) or any(_checks._as_int(d) is None for d in dims):
+        _checks._fail("shape", "a tuple of positive ints", shape, fix)
+    for d in dims:
+        _checks.positive_int("shape", d, fix)
+    return tuple(_checks._as_int(d) for d in dims)
+
+
 def _normal(std_fn: Callable[[int, int], float]) -> Initializer:
     def init(key, shape, dtype=jnp.float32):
+        _checks.prng_key("key", key)
         fan_in, fan_out = fans(shape)
         std = std_fn(fan_in, fan_out)
         # Draw in float32 and cast: bfloat16 draws are biased (mean off by ~8 standard errors
@@ -70,6 +88,7 @@ def _normal(std_fn: Callable[[int, int], float]) -> Initializer:
 
 def _uniform(bound_fn: Callable[[int, int], float]) -> Initializer:
     def init(key, shape, dtype=jnp.float32):
+        _checks.prng_key("key", key)
         fan_in, fan_out = fans(shape)
         a = bound_fn(fan_in, fan_out)
         w = jax.random.uniform(key, tuple(shape), jnp.float32, minval=-a, maxval=a)
@@ -103,7 +122,7 @@ def glorot_normal(gain: float = 1.0) -> Initializer:
     References:
         Glorot & Bengio, AISTATS 2010, eq. (16) (the "normalized" variance).
     """
-    _checks.non_negative("gain", gain)
+    gain = _checks.non_negative("gain", gain)
     return _normal(lambda fi, fo: gain * math.sqrt(2.0 / (fi + fo)))
 
 
@@ -113,12 +132,12 @@ def glorot_uniform(gain: float = 1.0) -> Initializer:
     References:
         Glorot & Bengio, AISTATS 2010, eq. (16).
     """
-    _checks.non_negative("gain", gain)
+    gain = _checks.non_negative("gain", gain)
     return _uniform(lambda fi, fo: gain * math.sqrt(6.0 / (fi + fo)))
 
 
 def _he_var(negative_slope: float, mode: str) -> Callable[[int, int], float]:
-    _checks.non_negative("negative_slope", abs(negative_slope))
+    negative_slope = _checks.real("negative_slope", negative_slope)
     _checks.choice("mode", mode, ("fan_in", "fan_out"))
     factor = 2.0 / (1.0 + negative_slope**2)
 
@@ -187,10 +206,11 @@ def orthogonal(gain: float = 1.0) -> Initializer:
         deep linear neural networks", ICLR 2014, arXiv:1312.6120; Mezzadri, "How to generate
         random matrices from the classical compact groups", 2007, arXiv:math-ph/0609050.
     """
-    _checks.non_negative("gain", gain)
+    gain = _checks.non_negative("gain", gain)
 
     def init(key, shape, dtype=jnp.float32):
-        shape = tuple(shape)
+        _checks.prng_key("key", key)
+        shape = _shape(shape)
         fans(shape)  # validates rank
         rows, cols = math.prod(shape[:-1]), shape[-1]
         n, m = max(rows, cols), min(rows, cols)
@@ -211,14 +231,17 @@ def identity(gain: float = 1.0) -> Initializer:
         Le, Jaitly & Hinton, "A Simple Way to Initialize Recurrent Networks of Rectified
         Linear Units", 2015, arXiv:1504.00941.
     """
-    _checks.non_negative("gain", abs(gain))
+    gain = _checks.real("gain", gain)
 
     def init(key, shape, dtype=jnp.float32):
         del key
-        shape = tuple(shape)
+        shape = _shape(shape)
         if len(shape) != 2:
-            raise ValueError(
-                f"`shape` must be 2-D (in, out) for the identity initializer, got {shape}."
+            _checks._fail(
+                "shape",
+                "2-D (in, out) for the identity initializer",
+                shape,
+                "Use orthogonal() for other shapes.",
             )
         return gain * jnp.eye(shape[0], shape[1], dtype=dtype)
 
@@ -230,9 +253,11 @@ def gaussian_bias(bias_var: float = 0.0) -> Initializer:
     bias_var = _checks.non_negative("bias_var", bias_var)
 
     def init(key, shape, dtype=jnp.float32):
+        shape = _shape(shape)
         if bias_var == 0.0:
-            return jnp.zeros(tuple(shape), dtype)
-        b = math.sqrt(bias_var) * jax.random.normal(key, tuple(shape), jnp.float32)
+            return jnp.zeros(shape, dtype)
+        _checks.prng_key("key", key)
+        b = math.sqrt(bias_var) * jax.random.normal(key, shape, jnp.float32)
         return b.astype(dtype)
 
     return init
@@ -244,11 +269,13 @@ def zeros() -> Initializer:
 
 
 def constant(value: float) -> Initializer:
-    """Every entry equal to ``value`` (biases, e.g. an LSTM forget-gate bias)."""
+    """Every entry equal to ``value``, a finite real (biases, e.g. an LSTM forget-gate
+    bias)."""
+    value = _checks.real("value", value)
 
     def init(key, shape, dtype=jnp.float32):
         del key
-        return jnp.full(tuple(shape), value, dtype)
+        return jnp.full(_shape(shape), value, dtype)
 
     return init
 
@@ -287,10 +314,12 @@ def get(name: str | Initializer, *, weight_var: float | None = None) -> Initiali
     _checks.choice("init", name, NAMES)
     factory, uses_var = _BY_NAME[name]
     if weight_var is not None and not uses_var:
-        raise ValueError(
-            f"`weight_var` only scales init='gaussian', 'orthogonal' or 'identity', got "
-            f"weight_var={weight_var!r} with init={name!r}, which fixes its own variance. "
-            "Drop weight_var, or use init='gaussian' to set the variance yourself."
+        _checks._fail(
+            "weight_var",
+            f"None with init={name!r}, which fixes its own variance (weight_var scales "
+            "init='gaussian', 'orthogonal' or 'identity' only)",
+            weight_var,
+            "Drop weight_var, or use init='gaussian' to set the variance yourself.",
         )
     v = 1.0 if weight_var is None else _checks.non_negative("weight_var", weight_var)
     return factory(v)

@@ -106,7 +106,7 @@ def _relu():
 
 
 def _leaky_relu(negative_slope=0.01):
-    a = float(negative_slope)
+    a = _checks.real("negative_slope", negative_slope)
 
     def fn(x):
         return jnp.where(x >= 0, x, a * x)
@@ -241,24 +241,31 @@ def activation(name: str | Activation, **hyperparams: Any) -> Activation:
     """
     if isinstance(name, Activation):
         if hyperparams:
-            raise ValueError(
-                f"`hyperparams` must be empty when passing an Activation, got "
-                f"{sorted(hyperparams)}. Build it with activation(name, **hyperparams)."
+            _checks._fail(
+                "hyperparams",
+                "empty when passing an Activation",
+                sorted(hyperparams),
+                "Build it with activation(name, **hyperparams).",
             )
         return name
     if name in ("prelu", "maxout"):
-        raise ValueError(
-            f"`name` must be an elementwise activation in {list(ACTIVATIONS)}, got {name!r}, "
-            f"which has parameters. Use the layer jgrad.nn.{name}(...) or "
-            f"jgrad.nn.mlp(activation={name!r})."
+        _checks._fail(
+            "activation",
+            f"an elementwise activation, one of {list(ACTIVATIONS)}",
+            name,
+            f"{name!r} has parameters: use the layer jgrad.nn.{name}(...) or "
+            f"jgrad.nn.mlp(activation={name!r}).",
         )
     _checks.choice("activation", name, ACTIVATIONS)
     allowed = _HYPER.get(name, ())
     unknown = sorted(set(hyperparams) - set(allowed))
     if unknown:
-        raise ValueError(
-            f"`{unknown[0]}` is not a hyperparameter of activation {name!r}; it takes "
-            f"{list(allowed) or 'none'}. Remove it."
+        _checks._fail(
+            unknown[0],
+            f"a hyperparameter of activation {name!r}, which takes "
+            f"{list(allowed) or 'none'}",
+            hyperparams[unknown[0]],
+            "Remove it.",
         )
     return _FACTORIES[name](**hyperparams)
 
@@ -291,7 +298,7 @@ def prelu(init_slope: float = 0.25) -> Layer:
     References:
         He, Zhang, Ren & Sun, "Delving Deep into Rectifiers", ICCV 2015, arXiv:1502.01852.
     """
-    init_slope = float(init_slope)
+    init_slope = _checks.real("init_slope", init_slope)
 
     def init(key, in_shape):
         del key

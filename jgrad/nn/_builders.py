@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._activations import Activation, activation, elementwise, prelu
+from jgrad.nn._activations import (
+    ACTIVATIONS,
+    Activation,
+    activation,
+    elementwise,
+    prelu,
+)
 from jgrad.nn._conv import conv2d, global_avg_pool
 from jgrad.nn._dense import dense, maxout, weight_init
 from jgrad.nn._layer import Layer, SerialLayer, serial
@@ -21,17 +27,14 @@ NORMS = (None, "batch", "layer")
 
 
 def _norm_layers(norm):
-    if norm not in NORMS:
-        raise ValueError(
-            f"`norm` must be one of {list(NORMS)}, got {norm!r}. Use 'batch' for batch norm "
-            "or 'layer' for layer norm."
-        )
+    _checks.choice("norm", norm, NORMS)
     return [] if norm is None else [batch_norm() if norm == "batch" else layer_norm()]
 
 
-def _act_layer(act):
+def _act_layer(act, options=ACTIVATIONS + ("prelu",)):
     if isinstance(act, Activation):
         return elementwise(act)
+    _checks.choice("activation", act, options)
     if act == "prelu":
         return prelu()
     return elementwise(activation(act))
@@ -110,15 +113,17 @@ def mlp(
         >>> len(params), net.block_ends
         (6, (1, 3, 5))
     """
-    _checks.positive_int("depth", depth)
-    _checks.positive_int("width", width)
-    _checks.probability("drop_prob", drop_prob)
+    depth = _checks.positive_int("depth", depth)
+    width = _checks.positive_int("width", width)
+    drop_prob = _checks.probability("drop_prob", drop_prob)
     _checks.boolean("residual", residual)
+    residual_scale = _checks.real("residual_scale", residual_scale)
+    num_pieces = _checks.positive_int("num_pieces", num_pieces)
     _checks.boolean("stacked", stacked)
     _norm_layers(norm)  # validates norm
-    is_maxout = activation == "maxout"
-    if not is_maxout:
-        _act_layer(activation)  # validates the name early
+    is_maxout = isinstance(activation, str) and activation == "maxout"
+    if not is_maxout:  # validates the name early
+        _act_layer(activation, ACTIVATIONS + ("prelu", "maxout"))
     weight_init("init", init, weight_var)  # validates init and weight_var
 
     def linear():
@@ -195,15 +200,12 @@ def resnet(
         He, Zhang, Ren & Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016,
         arXiv:1603.05027.
     """
-    _checks.positive_int("num_classes", num_classes)
-    _checks.positive_int("channels", channels)
-    _checks.positive_int("num_blocks", num_blocks)
+    num_classes = _checks.positive_int("num_classes", num_classes)
+    channels = _checks.positive_int("channels", channels)
+    num_blocks = _checks.positive_int("num_blocks", num_blocks)
     _checks.boolean("skip", skip)
     _norm_layers(norm)
-    if activation == "maxout":
-        raise ValueError(
-            "`activation` must be elementwise or 'prelu' for resnet, got 'maxout'."
-        )
+    _act_layer(activation)  # validates the name early: elementwise or "prelu"
     weight_init("init", init, None)
 
     def conv():

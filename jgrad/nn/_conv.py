@@ -23,12 +23,16 @@ _IMAGE_FIX = "Pass one example as (H, W, C), or a batch as (B, H, W, C)."
 
 
 def _pair(name, v):
-    v = (v, v) if isinstance(v, int) else tuple(v)
-    if len(v) != 2:
-        raise ValueError(f"`{name}` must be an int or a pair of ints, got {v!r}.")
-    for d in v:
-        _checks.positive_int(name, d)
-    return v
+    fix = f"Pass e.g. {name}=3 or {name}=(3, 3)."
+    if _checks._as_int(v) is not None:
+        return (_checks.positive_int(name, v, fix),) * 2
+    try:
+        pair = tuple(v)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or isinstance(v, str):
+        _checks._fail(name, "a positive int or a pair of positive ints", v, fix)
+    return tuple(_checks.positive_int(name, d, fix) for d in pair)
 
 
 def _as_batch(x, name):
@@ -38,9 +42,11 @@ def _as_batch(x, name):
 
 def _check_image_shape(in_shape, layer):
     if len(in_shape) != 3:
-        raise ValueError(
-            f"`in_shape` must be (H, W, C) for {layer}, got {tuple(in_shape)}. "
-            "Give the shape of one image, without the batch axis."
+        _checks._fail(
+            "in_shape",
+            f"(H, W, C) for {layer}",
+            tuple(in_shape),
+            "Give the shape of one image, without the batch axis.",
         )
 
 
@@ -67,7 +73,7 @@ def conv2d(
     Returns:
         A Layer with params ``{"w": (kh, kw, C_in, C_out), "b": (C_out,)}``.
     """
-    _checks.positive_int("out_channels", out_channels)
+    out_channels = _checks.positive_int("out_channels", out_channels)
     ks, st = _pair("kernel_size", kernel_size), _pair("stride", stride)
     _checks.choice("padding", padding, ("SAME", "VALID"))
     w_fn = weight_init("w_init", w_init, weight_var)
@@ -82,9 +88,11 @@ def conv2d(
         _check_image_shape(in_shape, "conv2d")
         h, w = out_hw(in_shape[0], in_shape[1])
         if h < 1 or w < 1:
-            raise ValueError(
-                f"`in_shape` {in_shape} is smaller than kernel_size {ks} with padding "
-                "'VALID'. Use padding='SAME' or a smaller kernel."
+            _checks._fail(
+                "in_shape",
+                f"an image of at least kernel_size {ks} in (H, W) with padding 'VALID'",
+                tuple(in_shape),
+                "Use padding='SAME' or a smaller kernel.",
             )
         kw, kb = jax.random.split(key)
         params = {
@@ -121,7 +129,12 @@ def avg_pool(
         _check_image_shape(in_shape, "avg_pool")
         h, w = (in_shape[0] - win[0]) // st[0] + 1, (in_shape[1] - win[1]) // st[1] + 1
         if h < 1 or w < 1:
-            raise ValueError(f"`window` {win} is larger than the image {in_shape[:2]}.")
+            _checks._fail(
+                "window",
+                f"at most the image size {tuple(in_shape[:2])} in (H, W)",
+                win,
+                "Use a smaller window, or pool a larger image.",
+            )
         return (h, w, in_shape[2]), {}
 
     def fn(params, x):

@@ -63,7 +63,7 @@ def dense(
         >>> p["w"].shape, p["b"].shape
         ((3, 4), (4,))
     """
-    _checks.positive_int("out_dim", out_dim)
+    out_dim = _checks.positive_int("out_dim", out_dim)
     w_fn = weight_init("w_init", w_init, weight_var)
     b_fn = _init.gaussian_bias(bias_var)
 
@@ -108,8 +108,8 @@ def maxout(
         Goodfellow, Warde-Farley, Mirza, Courville & Bengio, "Maxout Networks", ICML 2013,
         arXiv:1302.4389.
     """
-    _checks.positive_int("out_dim", out_dim)
-    _checks.positive_int("num_pieces", num_pieces)
+    out_dim = _checks.positive_int("out_dim", out_dim)
+    num_pieces = _checks.positive_int("num_pieces", num_pieces)
     w_fn = weight_init("w_init", w_init, weight_var)
     b_fn = _init.gaussian_bias(bias_var)
 

@@ -51,6 +51,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from jgrad import _checks
+
 Params = Any
 Shape = tuple[int, ...]
 
@@ -61,8 +63,10 @@ __all__ = [
     "Params",
     "SerialLayer",
     "Shape",
+    "check_apply",
     "check_in_shape",
     "check_info",
+    "check_init",
     "lead",
     "plain_layer",
     "serial",
@@ -216,8 +220,8 @@ def check_in_shape(
     """Validates an ``init`` input shape: a tuple of positive ints (one example, no batch)
     with at least ``min_rank`` axes."""
     try:
-        shape = tuple(int(d) for d in in_shape)
-        ok = all(d >= 1 and d == e for d, e in zip(shape, in_shape, strict=True))
+        shape = tuple(_checks._as_int(d) for d in in_shape)
+        ok = all(d is not None and d >= 1 for d in shape)
     except TypeError:
         ok = False
     if not ok:
@@ -233,6 +237,23 @@ def check_in_shape(
     return shape
 
 
+def check_init(key: Any, in_shape: Any, min_rank: int = 0, layer: str = "this layer"):
+    """Validates ``init``'s arguments: ``key`` a PRNG key, ``in_shape`` as
+    :func:`check_in_shape`; returns the shape as a tuple of ints."""
+    _checks.prng_key("key", key)
+    return check_in_shape(in_shape, min_rank, layer)
+
+
+def check_apply(x: Any, train: Any, key: Any, return_state: Any) -> None:
+    """Validates ``apply``'s arguments from their Python values, shapes and dtypes only
+    (free under jit): ``x`` a non-empty float array, ``train`` and ``return_state`` bools,
+    ``key`` a PRNG key or None."""
+    _checks.float_array("x", x)
+    _checks.boolean("train", train)
+    _checks.boolean("return_state", return_state)
+    _checks.prng_key("key", key, optional=True)
+
+
 def plain_layer(
     init: Callable[[jax.Array, Shape], tuple[Shape, Params]],
     fn: Callable[[Params, jax.Array], jax.Array],
@@ -241,12 +262,12 @@ def plain_layer(
     """Builds a Layer from ``fn(params, x) -> y`` that has no train mode, key or state."""
 
     def apply(params, x, *, train=False, key=None, return_state=False):
-        del train, key
+        check_apply(x, train, key, return_state)
         y = fn(params, x)
         return (y, params) if return_state else y
 
     def checked_init(key, in_shape):
-        return init(key, check_in_shape(in_shape))
+        return init(key, check_init(key, in_shape))
 
     return Layer(checked_init, apply, info)
 
@@ -315,7 +336,7 @@ def serial(*layers: Layer, block_ends: Sequence[int] | None = None) -> SerialLay
     )
 
     def init(key, in_shape):
-        shape = check_in_shape(in_shape)
+        shape = check_init(key, in_shape)
         keys = jax.random.split(key, len(layers))
         params = []
         for k, layer in zip(keys, layers, strict=True):
@@ -332,6 +353,8 @@ def serial(*layers: Layer, block_ends: Sequence[int] | None = None) -> SerialLay
         return_state=False,
         return_intermediates=False,
     ):
+        check_apply(x, train, key, return_state)
+        _checks.boolean("return_intermediates", return_intermediates)
         if not isinstance(params, (tuple, list)) or len(params) != len(layers):
             n = (
                 len(params)

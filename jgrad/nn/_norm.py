@@ -6,7 +6,15 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.nn._layer import Layer, LayerInfo, check_in_shape, lead, plain_layer
+from jgrad.nn._layer import (
+    Layer,
+    LayerInfo,
+    check_apply,
+    check_in_shape,
+    check_init,
+    lead,
+    plain_layer,
+)
 
 __all__ = ["batch_norm", "layer_norm"]
 
@@ -37,7 +45,12 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv:1502.03167; Yang et al.,
         "A Mean Field Theory of Batch Normalization", ICLR 2019, arXiv:1902.08129.
     """
-    momentum = _checks.probability("momentum", momentum)
+    momentum = _checks.probability(
+        "momentum",
+        momentum,
+        "momentum is the weight of the old running statistics, e.g. 0.9 (PyTorch's "
+        "momentum=0.1).",
+    )
     eps = _checks.positive("eps", eps)
 
     def init(key, in_shape):
@@ -52,15 +65,17 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         return tuple(in_shape), params
 
     def apply(params, x, *, train=False, key=None, return_state=False):
-        del key
+        check_apply(x, train, key, return_state)
         c = params["scale"].shape[0]
         _checks.feature_size("x", jnp.shape(x), c, layer="batch_norm")
         if train:
             if jnp.ndim(x) < 2:
-                raise ValueError(
-                    f"`x` must be a batch (B, ..., {c}) for batch_norm in train mode, got "
-                    f"shape {jnp.shape(x)}. Batch norm couples examples: apply the network "
-                    "to the whole batch instead of vmapping it, or use train=False."
+                _checks._fail(
+                    "x",
+                    f"a batch (B, ..., {c}) for batch_norm in train mode",
+                    f"shape {jnp.shape(x)}",
+                    "Batch norm couples examples: apply the network to the whole batch "
+                    "instead of vmapping it, or use train=False.",
                 )
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
@@ -81,7 +96,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         return y, new
 
     def checked_init(key, in_shape):
-        return init(key, check_in_shape(in_shape))
+        return init(key, check_init(key, in_shape))
 
     return Layer(
         checked_init, apply, LayerInfo(kind="batch_norm", couples_examples=True)

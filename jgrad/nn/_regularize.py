@@ -8,7 +8,7 @@ from jax import lax
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._layer import Layer, LayerInfo, check_in_shape, check_info
+from jgrad.nn._layer import Layer, LayerInfo, check_apply, check_info, check_init
 
 __all__ = ["dropout", "residual"]
 
@@ -32,19 +32,27 @@ def dropout(drop_prob: float) -> Layer:
         Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from
         Overfitting", JMLR 2014.
     """
-    drop_prob = _checks.probability("drop_prob", drop_prob)
+    drop_prob = _checks.probability(
+        "drop_prob",
+        drop_prob,
+        "drop_prob is the probability of dropping a unit; 0 disables dropout and 1 "
+        "would drop everything.",
+    )
     keep = 1.0 - drop_prob
 
     def init(key, in_shape):
-        return check_in_shape(in_shape), {}
+        return check_init(key, in_shape), {}
 
     def apply(params, x, *, train=False, key=None, return_state=False):
+        check_apply(x, train, key, return_state)
         if train and drop_prob > 0.0:
             if key is None:
-                raise ValueError(
-                    "`key` must be a jax.random key for dropout in train mode, got None. "
+                _checks._fail(
+                    "key",
+                    "a JAX PRNG key for dropout in train mode",
+                    None,
                     "Pass apply(params, x, train=True, key=jax.random.key(seed)), or "
-                    "train=False for evaluation."
+                    "train=False for evaluation.",
                 )
             mask = jax.random.bernoulli(key, keep, jnp.shape(x))
             x = lax.select(mask, x / keep, jnp.zeros_like(x))
@@ -81,25 +89,27 @@ def residual(block: Layer, scale: float = 1.0) -> Layer:
             "Wrap layers with jgrad.nn.serial(...)."
         )
     check_info(block, "block")
-    scale = float(scale)
+    scale = _checks.real("scale", scale)
     proj_init = _init.lecun_normal()
 
     def init(key, in_shape):
-        in_shape = check_in_shape(in_shape)
+        in_shape = check_init(key, in_shape)
         kb, kp = jax.random.split(key)
         out_shape, bp = block.init(kb, in_shape)
         params = {"block": bp}
         if tuple(out_shape) != in_shape:
             if tuple(out_shape[:-1]) != in_shape[:-1]:
-                raise ValueError(
-                    f"`block` must keep every axis but the last for a residual shortcut, "
-                    f"got in {in_shape} -> out {tuple(out_shape)}. Pool or reshape outside "
-                    "the residual block."
+                _checks._fail(
+                    "block",
+                    "a layer that keeps every axis but the last, for a residual shortcut",
+                    f"in {in_shape} -> out {tuple(out_shape)}",
+                    "Pool or reshape outside the residual block.",
                 )
             params["proj"] = {"w": proj_init(kp, (in_shape[-1], out_shape[-1]))}
         return tuple(out_shape), params
 
     def apply(params, x, *, train=False, key=None, return_state=False):
+        check_apply(x, train, key, return_state)
         out = block.apply(
             params["block"], x, train=train, key=key, return_state=return_state
         )

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.nn._layer import Layer, LayerInfo, check_in_shape, check_info
+from jgrad.nn._layer import Layer, LayerInfo, check_apply, check_info, check_init
 
 __all__ = ["repeat", "stack_params", "unstack_params"]
 
@@ -101,7 +101,7 @@ def repeat(block: Layer, n: int) -> Layer:
     n = _checks.positive_int("n", n)
 
     def init(key, in_shape):
-        shape = check_in_shape(in_shape)
+        shape = check_init(key, in_shape)
         found = []
 
         def one(k):
@@ -129,6 +129,8 @@ def repeat(block: Layer, n: int) -> Layer:
         return_state=False,
         return_intermediates=False,
     ):
+        check_apply(x, train, key, return_state)
+        _checks.boolean("return_intermediates", return_intermediates)
         _check_stacked(params, n)
         keys = None if key is None else jax.random.split(key, n)
 
