@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from jgrad.analyze._jacobians import _layer_jacobian, _to_full
 from jgrad.analyze._logspace import LogMatrix, normalize, safe_div, vec_norm
+from jgrad.analyze._nonfinite import all_finite
 from jgrad.analyze._precision import full_precision
 from jgrad.nn._layer import Layer
 
@@ -92,6 +93,12 @@ def _length(params: Any) -> int:
 
 def _keys(key, n):
     return None if key is None else jax.random.split(key, n)
+
+
+def _nan_unless(ok, tree):
+    """``tree`` where ``ok``, else NaN everywhere: a value computed from a non-finite
+    forward value is NaN, never a zero (a ReLU's VJP at NaN is 0)."""
+    return jax.tree.map(lambda v: jnp.where(ok, v, jnp.nan), tree)
 
 
 def block_inputs(x: jax.Array, hs: jax.Array) -> jax.Array:
@@ -162,7 +169,8 @@ def grad_norms(
         hs: the block outputs (:class:`Trajectory`'s ``hs``); None computes them.
 
     Returns:
-        A :class:`RepeatGrads`.
+        A :class:`RepeatGrads`; from a block whose input or output is not finite on,
+        ``log10_norm`` and ``param_log10_norm`` are NaN.
     """
     n = _length(params)
     x = jnp.asarray(x)
@@ -178,9 +186,9 @@ def grad_norms(
 
     def body(carry, xs):
         g, raw, scale = carry
-        p, k, h = xs
+        p, k, h, h_out = xs
         _, f = jax.vjp(lambda v, q: block.apply(q, v, train=train, key=k), h, p)
-        g, gp = f(g)
+        g, gp = _nan_unless(all_finite((h, h_out)), f(g))
         raw, _ = f(raw)
         # dL/dtheta_k = ||dL/dh_k|| * vjp_theta(unit cotangent): log10 adds.
         plog = jax.tree.map(lambda v: scale + jnp.log10(_norm(v)), gp)
@@ -193,7 +201,7 @@ def grad_norms(
     (g, raw, _), (logs, raws, zeros, plogs) = jax.lax.scan(
         body,
         (g, raw_cotangent, scale),
-        (params, _keys(key, n), block_inputs(x, hs)),
+        (params, _keys(key, n), block_inputs(x, hs), hs),
         reverse=True,
     )
     return RepeatGrads(logs, raws, zeros, plogs, g, raw)
@@ -278,12 +286,11 @@ def pull_rows(
 
     def body(carry, xs):
         m, s = carry
-        p, k, h = xs
+        p, k, h, h_out = xs
         _, f = jax.vjp(lambda v: block.apply(p, v, train=train, key=k), h)
         m = jax.vmap(lambda r: f(r.reshape(h.shape))[0].ravel())(m)
-        return normalize(m, s), None
+        return normalize(*_nan_unless(all_finite((h, h_out)), (m, s))), None
 
-    (m, s), _ = jax.lax.scan(
-        body, (m, s), (params, _keys(key, n), block_inputs(x, hs)), reverse=True
-    )
+    xs = (params, _keys(key, n), block_inputs(x, hs), hs)
+    (m, s), _ = jax.lax.scan(body, (m, s), xs, reverse=True)
     return LogMatrix(m, s)
