@@ -18,7 +18,9 @@ Compile time (``jax.jit(f).lower(...).compile()``) and run time (median of
 compile time should not grow with depth. For comparison, the default layout (one params
 entry per layer, ``mlp(L, N)``) at ``--flat-depths``: ``init``, ``jit(apply)`` and the
 public analyzers ``layer_grad_norms``, ``layer_jacobians`` and ``input_output_spectrum``
-(whose per-layer Python loops and segment stacking grow with depth).
+(whose per-layer Python loops and segment stacking grow with depth); an analyzer whose
+compile time, scaled linearly from a smaller depth, would exceed ``--flat-budget``
+seconds is skipped and its estimate recorded.
 
     python scripts/bench_depth.py                       # depths 100, 1000, 10000
     python scripts/bench_depth.py --quick               # depths 10, 30 (a smoke run)
@@ -123,7 +125,12 @@ def stacked_rows(depth: int, width: int, repeats: int) -> list[dict]:
     return rows
 
 
-def flat_rows(depth: int, width: int, repeats: int) -> list[dict]:
+def flat_rows(
+    depth: int, width: int, repeats: int, budget: float, seen: dict
+) -> list[dict]:
+    """The default layout at ``depth``; an analyzer whose compile time at a smaller
+    depth in ``seen`` ({stage: (depth, seconds)}), scaled linearly, would exceed
+    ``budget`` seconds is skipped (a row with ``skipped_estimate_seconds``)."""
     net = jgrad.nn.mlp(depth, width)
     timing, params = time_init(net, width, repeats)
     rows = [{"stage": "init", **timing}]
@@ -145,7 +152,14 @@ def flat_rows(depth: int, width: int, repeats: int) -> list[dict]:
             lambda p, v: analyze.input_output_spectrum(net, p, v, compress=False),
         ),
     ):
+        if stage in seen:
+            d0, c0 = seen[stage]
+            estimate = c0 * depth / d0
+            if estimate > budget:
+                rows.append({"stage": stage, "skipped_estimate_seconds": estimate})
+                continue
         rows.append({"stage": stage, **compile_and_run(fn, (params, x), repeats)})
+        seen[stage] = (depth, rows[-1]["compile_seconds"])
     return rows
 
 
@@ -156,6 +170,13 @@ def main(argv=None):
         "--flat-depths",
         default="100,1000",
         help="default-layout depths for comparison (empty: none)",
+    )
+    ap.add_argument(
+        "--flat-budget",
+        type=float,
+        default=60.0,
+        help="skip a default-layout analyzer whose compile time, scaled linearly "
+        "from a smaller depth, would exceed this many seconds",
     )
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -168,22 +189,27 @@ def main(argv=None):
     flat = [int(d) for d in args.flat_depths.split(",") if d]
     start_load = load()
     print(f"{device_label()}; width {args.width}; load average {start_load}")
-    rows = []
-    for layout, ds, fn in (
-        ("stacked", depths, stacked_rows),
-        ("flat", flat, flat_rows),
-    ):
-        for depth in ds:
-            for row in fn(depth, args.width, args.repeats):
-                row = {"layout": layout, "depth": depth, "width": args.width, **row}
-                rows.append(row)
-                comp = row.get("compile_seconds", row.get("first_call_seconds"))
-                kind = "compile" if "compile_seconds" in row else "first call"
-                print(
-                    f"{layout:8s} L={depth:<6d} {row['stage']:46s} "
-                    f"{kind:>10s} {comp:8.3f} s   run {1e3 * row['run_seconds']:10.3f} ms",
-                    flush=True,
-                )
+    rows, seen = [], {}
+    runs = [("stacked", d) for d in depths] + [("flat", d) for d in sorted(flat)]
+    for layout, depth in runs:
+        if layout == "stacked":
+            new = stacked_rows(depth, args.width, args.repeats)
+        else:
+            new = flat_rows(depth, args.width, args.repeats, args.flat_budget, seen)
+        for row in new:
+            row = {"layout": layout, "depth": depth, "width": args.width, **row}
+            rows.append(row)
+            head = f"{layout:8s} L={depth:<6d} {row['stage']:46s}"
+            if "skipped_estimate_seconds" in row:
+                est = row["skipped_estimate_seconds"]
+                print(f"{head} skipped: compile estimated {est:.0f} s", flush=True)
+                continue
+            comp = row.get("compile_seconds", row.get("first_call_seconds"))
+            kind = "compile" if "compile_seconds" in row else "first call"
+            run_ms = 1e3 * row["run_seconds"]
+            print(
+                f"{head} {kind:>10s} {comp:8.3f} s   run {run_ms:10.3f} ms", flush=True
+            )
     end_load = load()
     print(f"load average at the end {end_load}")
     write_results(

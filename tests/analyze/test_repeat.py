@@ -262,3 +262,36 @@ def test_depth_10000_exact_against_float64_loops():
         p32, h1.astype(jnp.float32), g.astype(jnp.float32)
     )
     np.testing.assert_allclose(grads32.log10_norm, want, atol=0.05)
+
+
+def test_public_spectrum_of_stacked_net_float64(rng):
+    """The public analyzers accept the stacked layout (a repeat layer is one more
+    layer to them): its input-output spectrum is the default layout's."""
+    with jax.enable_x64(True):
+        flat, params, stacked, sp, _ = _nets(5, 6, 4, 10, jnp.float64, out_dim=3)
+        x = jnp.asarray(rng.normal(size=4))
+        got = an.input_output_spectrum(stacked, sp, x, compress=False)
+        want = an.input_output_spectrum(flat, params, x, compress=False)
+        got, want = (v[0] if isinstance(v, tuple) else v for v in (got, want))
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_bench_depth_quick(tmp_path, monkeypatch, capsys):
+    """The benchmark's command runs (timings are not asserted)."""
+    import json
+    import pathlib
+    import runpy
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_depth.py"
+    out = tmp_path / "bench_depth.json"
+    monkeypatch.setattr(sys, "argv", ["bench_depth.py", "--quick", "--out", str(out)])
+    runpy.run_path(str(script), run_name="__main__")
+    data = json.loads(out.read_text())
+    assert data["command"].startswith("python scripts/bench_depth.py --quick")
+    stages = {(r["layout"], r["stage"]) for r in data["rows"]}
+    assert ("stacked", "d: pull_rows + svd") in stages
+    assert ("flat", "input_output_spectrum") in stages
+    assert all(r["run_seconds"] > 0 for r in data["rows"])
+    assert "load average" in capsys.readouterr().out
