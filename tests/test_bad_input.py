@@ -404,3 +404,30 @@ def test_other_messages_follow_the_format(call, name):
         call()
     m = _FORMAT.match(str(info.value))
     assert m and m["name"] == name, str(info.value)
+
+
+# --- params: the structure the layer's init gives ---
+
+
+_WITH_PARAMS = [n for n in _NETS if n[0] not in ("mlp", "elementwise", "dropout")]
+
+
+@pytest.mark.parametrize(
+    "label, build, in_shape", _WITH_PARAMS, ids=[n[0] for n in _WITH_PARAMS]
+)
+def test_apply_refuses_params_of_another_layer(label, build, in_shape):
+    layer = build()
+    x = _x(in_shape)
+    msg = _raises(lambda: layer.apply(None, x), "params", "None")
+    assert label in msg
+    _raises(lambda: layer.apply({"kernel": x}, x), "params", "['kernel']")
+
+
+def test_weight_var_with_an_initializer_function_is_refused():
+    fn = jgrad.init.he_normal()
+    _raises(lambda: nn.dense(4, w_init=fn, weight_var=2.0), "weight_var", "2.0")
+    _raises(lambda: nn.mlp(2, 4, init=fn, weight_var=2.0), "weight_var", "2.0")
+    # Without weight_var the function is used as given: the same weights as calling it.
+    key = jax.random.key(4)
+    _, p = nn.dense(4, w_init=fn).init(key, (3,))
+    np.testing.assert_array_equal(p["w"], fn(jax.random.split(key)[0], (3, 4)))

@@ -307,9 +307,18 @@ def get(name: str | Initializer, *, weight_var: float | None = None) -> Initiali
             other names fix their own variance, so ``weight_var`` must be left unset.
 
     Raises:
-        ValueError: unknown name, or ``weight_var`` given with an initializer that ignores it.
+        ValueError: unknown name, or ``weight_var`` given with an initializer that ignores it
+            (a name that fixes its own variance, or a function).
     """
     if callable(name):
+        if weight_var is not None:
+            _checks._fail(
+                "weight_var",
+                "None with an initializer function, which sets its own scale",
+                weight_var,
+                "Drop weight_var, or scale inside the function (e.g. "
+                "jgrad.init.gaussian(2.0)).",
+            )
         return name
     _checks.choice("init", name, NAMES)
     factory, uses_var = _BY_NAME[name]

@@ -307,4 +307,4 @@ def prelu(init_slope: float = 0.25) -> Layer:
     def fn(params, x):
         return jnp.where(x >= 0, x, params["slope"].astype(x.dtype) * x)
 
-    return plain_layer(init, fn)
+    return plain_layer(init, fn, LayerInfo(), ("slope",), "prelu")

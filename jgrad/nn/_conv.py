@@ -110,7 +110,7 @@ def conv2d(
         y = y + lead(params["b"], y.ndim)
         return y[0] if single else y
 
-    return plain_layer(init, fn, LayerInfo(in_rank=3))
+    return plain_layer(init, fn, LayerInfo(in_rank=3), ("w", "b"), "conv2d")
 
 
 def avg_pool(

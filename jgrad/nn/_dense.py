@@ -81,7 +81,9 @@ def dense(
         return y + lead(params["b"], y.ndim)
 
     # kind "dense": the analyzers use the closed-form Jacobian w^T
-    return plain_layer(init, fn, LayerInfo(kind="dense", in_rank=1))
+    return plain_layer(
+        init, fn, LayerInfo(kind="dense", in_rank=1), ("w", "b"), "dense"
+    )
 
 
 def maxout(
@@ -130,4 +132,4 @@ def maxout(
         z = z + lead(params["b"], z.ndim)
         return jnp.max(z, axis=-2)
 
-    return plain_layer(init, fn, LayerInfo(in_rank=1))
+    return plain_layer(init, fn, LayerInfo(in_rank=1), ("w", "b"), "maxout")

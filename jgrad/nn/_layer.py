@@ -36,6 +36,13 @@ declared metadata:
   :func:`walk` visits a layer and every layer inside it (a serial's layers, a residual's
   block); it is the one traversal the analyzers use.
 
+Every jgrad layer checks its arguments before tracing and raises a ``ValueError`` naming
+the argument: ``init``'s ``key`` must be a PRNG key and ``in_shape`` a tuple of positive
+ints; ``apply``'s ``x`` a non-empty floating-point array, ``train`` and ``return_state``
+bools, ``key`` a PRNG key or None, and ``params`` the structure its ``init`` gives. The
+checks read Python values, shapes and dtypes only, so they add nothing to a jitted
+computation.
+
 Params are dicts with fixed names (``{"w", "b"}`` for dense, ``{}`` for a layer without
 parameters); ``serial`` holds a tuple with one entry per layer, in order. ``serial`` splits
 a ``key`` with :func:`split_keys`, one subkey per layer; analyzers that replay a network
@@ -45,7 +52,7 @@ layer by layer split it the same way.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import pairwise
 from typing import Any, NamedTuple
 
@@ -67,6 +74,7 @@ __all__ = [
     "check_in_shape",
     "check_info",
     "check_init",
+    "check_params",
     "lead",
     "plain_layer",
     "serial",
@@ -254,15 +262,35 @@ def check_apply(x: Any, train: Any, key: Any, return_state: Any) -> None:
     _checks.prng_key("key", key, optional=True)
 
 
+def check_params(params: Any, keys: Sequence[str], layer: str) -> None:
+    """Raises ValueError unless ``params`` is a dict holding ``keys`` (static: the keys
+    only, free under jit)."""
+    if not isinstance(params, Mapping) or not set(keys) <= set(params):
+        got = sorted(params) if isinstance(params, Mapping) else params
+        if not isinstance(params, (Mapping, type(None), int, float, str)):
+            got = f"a {type(params).__name__}"
+        _checks._fail(
+            "params",
+            f"a dict with keys {sorted(keys)} (from {layer}'s init)",
+            got,
+            "Pass the params returned by this layer's init(key, in_shape).",
+        )
+
+
 def plain_layer(
     init: Callable[[jax.Array, Shape], tuple[Shape, Params]],
     fn: Callable[[Params, jax.Array], jax.Array],
     info: LayerInfo = LayerInfo(),
+    param_keys: tuple[str, ...] = (),
+    name: str = "this layer",
 ) -> Layer:
-    """Builds a Layer from ``fn(params, x) -> y`` that has no train mode, key or state."""
+    """Builds a Layer from ``fn(params, x) -> y`` that has no train mode, key or state;
+    ``apply`` checks that its params hold ``param_keys`` (``name`` names the layer)."""
 
     def apply(params, x, *, train=False, key=None, return_state=False):
         check_apply(x, train, key, return_state)
+        if param_keys:
+            check_params(params, param_keys, name)
         y = fn(params, x)
         return (y, params) if return_state else y
 

@@ -12,6 +12,7 @@ from jgrad.nn._layer import (
     check_apply,
     check_in_shape,
     check_init,
+    check_params,
     lead,
     plain_layer,
 )
@@ -66,6 +67,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     def apply(params, x, *, train=False, key=None, return_state=False):
         check_apply(x, train, key, return_state)
+        check_params(params, ("scale", "offset", "mean", "var"), "batch_norm")
         c = params["scale"].shape[0]
         _checks.feature_size("x", jnp.shape(x), c, layer="batch_norm")
         if train:
@@ -136,4 +138,4 @@ def layer_norm(eps: float = 1e-5) -> Layer:
         y = (x - mean) * jax.lax.rsqrt(var + eps)
         return y * lead(params["scale"], n) + lead(params["offset"], n)
 
-    return plain_layer(init, fn)
+    return plain_layer(init, fn, LayerInfo(), ("scale", "offset"), "layer_norm")

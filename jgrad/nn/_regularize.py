@@ -8,7 +8,14 @@ from jax import lax
 
 from jgrad import _checks
 from jgrad import init as _init
-from jgrad.nn._layer import Layer, LayerInfo, check_apply, check_info, check_init
+from jgrad.nn._layer import (
+    Layer,
+    LayerInfo,
+    check_apply,
+    check_info,
+    check_init,
+    check_params,
+)
 
 __all__ = ["dropout", "residual"]
 
@@ -110,6 +117,7 @@ def residual(block: Layer, scale: float = 1.0) -> Layer:
 
     def apply(params, x, *, train=False, key=None, return_state=False):
         check_apply(x, train, key, return_state)
+        check_params(params, ("block",), "residual")
         out = block.apply(
             params["block"], x, train=train, key=key, return_state=return_state
         )
