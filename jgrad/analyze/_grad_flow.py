@@ -86,11 +86,19 @@ def net_layers(net: Layer | tuple | list) -> tuple[Layer, ...]:
 
 def _log10_norm(v):
     """log10 ||v|| (all entries), scaled by max|v|: finite for any finite ``v``
-    (log10 0 = -inf), NaN where ``v`` holds a NaN or inf."""
+    (log10 0 = -inf), NaN where ``v`` holds a NaN or inf.
+
+    ``v`` is first multiplied by 2^-64 (max|v| > 1) or 2^64 (exact: a power of two), so
+    that 1 / max|v| stays a normal float: XLA divides by multiplying with the reciprocal,
+    and the reciprocal of a number near float32's largest is subnormal, which CPUs flush
+    to zero."""
     v = jnp.ravel(v)
+    big = jnp.max(jnp.abs(v)) > 1
+    p = jnp.where(big, -64.0, 64.0).astype(v.dtype)
+    v = v * jnp.exp2(p)
     a = jnp.max(jnp.abs(v))
     lg = jnp.log10(a) + 0.5 * jnp.log10(jnp.sum(jnp.square(safe_div(v, a))))
-    lg = jnp.where(a > 0, lg, -jnp.inf)
+    lg = jnp.where(a > 0, lg - p * jnp.log10(jnp.asarray(2.0, v.dtype)), -jnp.inf)
     return jnp.where(jnp.all(jnp.isfinite(v)), lg, jnp.nan)
 
 

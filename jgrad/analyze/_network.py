@@ -58,7 +58,8 @@ def _flax_layer(module) -> Layer:
 
 def _callable_layer(fn) -> Layer:
     def init(key, in_shape):
-        raise ValueError(
+        # not a ValueError: check_params_shapes skips a network it cannot init
+        raise NotImplementedError(
             "a plain function in `net` has no init; pass its params yourself."
         )
 

@@ -61,7 +61,8 @@ def spectrum_stats(log_sv: jax.Array | Spectrum) -> SpectrumStats:
         rec = log_sv.nonfinite
         if isinstance(log_sv.log_sv, (tuple, list)):
             parts = [_stats(v) for v in log_sv.log_sv]
-            stacked = [jnp.stack(f, axis=-1) for f in zip(*parts, strict=True)]
+            fields = zip(*(pt[:5] for pt in parts), strict=True)
+            stacked = [jnp.stack(f, axis=-1) for f in fields]
             return SpectrumStats(*stacked, nonfinite=rec)
         return _stats(log_sv.log_sv)._replace(nonfinite=rec)
     out = _stats(log_sv)
