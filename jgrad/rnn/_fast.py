@@ -128,6 +128,7 @@ def unroll_batch(
             f"`carry0` must be structured like cell.init_carry(({B},)) with leaves of shape "
             f"({B}, {cell.hidden}), got {jax.tree.map(jnp.shape, carry0)}."
         )
+    traced_lengths = isinstance(seq_length, jax.core.Tracer)
     if seq_length is not None:
         seq_length = _check_lengths(seq_length, B, T)
     if grad_clip is not None:
@@ -145,7 +146,7 @@ def unroll_batch(
     out = _run_batch(
         cell, params, xs, carry0, seq_length, unroll, grad_clip, grad_clip_mode
     )
-    if seq_length is not None:  # a traced length outside [0, T] gives NaN outputs
+    if traced_lengths:  # concrete ones were checked; a traced one outside [0, T]: NaN
         out = length_out_of_range(seq_length, T, out)
     return out
 

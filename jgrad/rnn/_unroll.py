@@ -136,7 +136,7 @@ def unroll(
     # The step index is scanned only when a length has to be compared with it.
     inputs = xp if seq_length is None else (xp, jnp.arange(T))
     final, out = lax.scan(body, carry0, inputs, reverse=reverse, unroll=unroll)
-    if seq_length is not None:
+    if isinstance(seq_length, jax.core.Tracer):  # concrete ones were checked above
         final, out = length_out_of_range(seq_length, T, (final, out))
     if return_carries:
         ys, carries = out

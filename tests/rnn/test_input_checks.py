@@ -30,16 +30,14 @@ def _torch_sd(rng, gates, hidden, in_dim, *, extra=()):
     return sd
 
 
-def test_from_torch_accepts_a_matching_dict_and_equals_the_transpose(rng):
+def test_from_torch_refuses_another_cell_type(rng):
+    # The matching dict converts (a transpose; the two LSTM biases added).
     sd = _torch_sd(rng, 4, H, D)
     p = rnn.from_torch(rnn.lstm(H), sd)
     np.testing.assert_array_equal(np.asarray(p["w_hh"]), sd["weight_hh_l0"].T)
     np.testing.assert_allclose(
         np.asarray(p["b"]), sd["bias_ih_l0"] + sd["bias_hh_l0"], rtol=1e-7
     )
-
-
-def test_from_torch_refuses_another_cell_type(rng):
     with pytest.raises(
         ValueError, match=r"weight_ih_l0.*\(24, in_dim\).*4 gate blocks"
     ):
@@ -189,11 +187,16 @@ def _lengths_setup(rng):
 
 @pytest.mark.parametrize("length", [5.5, T + 1, -1, np.float32(3.0)])
 def test_bad_seq_length_refused(length, rng):
+    """One length (both drivers) and the same value in a concrete (B,) array."""
     cell, params, xs = _lengths_setup(rng)
     with pytest.raises(ValueError, match="`seq_length` must"):
         rnn.unroll(cell, params, xs[0], cell.init_carry(), seq_length=length)
+    c0 = cell.init_carry((B,))
     with pytest.raises(ValueError, match="`seq_length` must"):
-        rnn.unroll_batch(cell, params, xs, cell.init_carry((B,)), seq_length=length)
+        rnn.unroll_batch(cell, params, xs, c0, seq_length=length)
+    lengths = np.array([2, length, 1, T], dtype=np.asarray(length).dtype)
+    with pytest.raises(ValueError, match="`seq_length` must"):
+        rnn.unroll_batch(cell, params, xs, c0, seq_length=lengths)
 
 
 @pytest.mark.parametrize(
@@ -217,12 +220,7 @@ def test_lengths_array_given_to_unroll_refused(rng):
     cell, params, xs = _lengths_setup(rng)
     with pytest.raises(ValueError, match="`seq_length` must be one integer.*jax.vmap"):
         rnn.unroll(cell, params, xs[0], cell.init_carry(), seq_length=np.array([3, 4]))
-
-
-def test_valid_lengths_array_runs_as_before(rng):
-    """A concrete (B,) int array in [0, T] runs, equal to the unpadded runs (the checks
-    do not change valid calls)."""
-    cell, params, xs = _lengths_setup(rng)
+    # A valid concrete (B,) int array in [0, T] runs, equal to the unpadded runs.
     lengths = np.array([0, 2, T, 5], np.int32)
     final, ys = rnn.unroll_batch(
         cell, params, xs, cell.init_carry((B,)), seq_length=lengths
