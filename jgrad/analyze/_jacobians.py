@@ -297,7 +297,6 @@ def layer_jacobians(
     _checks.boolean("train", train)
     _checks.boolean("batch_jacobian", batch_jacobian)
     _checks.prng_key("key", key, optional=True)
-    check_input("layer_jacobians", net, params, x, one_example=not batch_jacobian)
     layers, params, ends = resolve_net(net, params, blocks)
     if chunk_size is not None:
         _checks.positive_int("chunk_size", chunk_size)
@@ -309,6 +308,7 @@ def layer_jacobians(
             "per-example Jacobian. Pass the whole batch as `x` with batch_jacobian=True, "
             "or use train=False."
         )
+    check_input("layer_jacobians", net, params, x, one_example=not batch_jacobian)
     x = jnp.asarray(x)
     if batch_jacobian and x.ndim < 2:
         raise ValueError(

@@ -522,12 +522,15 @@ def test_first_nonfinite(rng):
         warnings.simplefilter("error")  # a finite trajectory does not warn
         ok = layer_jacobians(net, [pd, {}, jnp.float32(2.0), pd], x)
     assert int(ok.first_nonfinite) == -1
-    with pytest.warns(RuntimeWarning, match=r"non-finite first at h_3 or J_3"):
+    with pytest.warns(RuntimeWarning, match=r"non-finite \(NaN or inf\) at layer 3"):
         bad = layer_jacobians(net, [pd, {}, jnp.float32(0.0), pd], x)
     assert int(bad.first_nonfinite) == 3  # h_3 = h_2 / 0
+    # J_3 = I / 0 at the finite h_2: the backward index too; J_4 at h_3: all NaN
+    assert (int(bad.nonfinite.forward), int(bad.nonfinite.backward)) == (3, 3)
+    assert np.isnan(np.asarray(bad.mats[3])).all()
     assert np.all(np.isfinite(np.asarray(bad.hs[2])))
     assert not np.all(np.isfinite(np.asarray(bad.hs[3])))
-    with pytest.warns(RuntimeWarning, match=r"\(k = 0\)"):
+    with pytest.warns(RuntimeWarning, match=r"at layer 0"):
         nan_in = layer_jacobians(
             net, [pd, {}, jnp.float32(2.0), pd], x.at[1].set(jnp.nan)
         )
