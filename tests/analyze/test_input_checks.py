@@ -52,7 +52,7 @@ def test_a_batch_to_a_one_example_function_shows_the_vmap(name, net16):
     assert jax.tree.leaves(out)[0].shape[0] == 8
 
 
-def test_layer_grad_norms_takes_a_batch(net16):
+def test_layer_grad_norms_takes_a_batch_checked_against_the_params(net16):
     net, params, _ = net16
     xs = jax.random.normal(jax.random.key(2), (8, 16))
     flow = analyze.layer_grad_norms(net, params, xs, _loss)
@@ -60,6 +60,10 @@ def test_layer_grad_norms_takes_a_batch(net16):
     np.testing.assert_allclose(
         10 ** float(flow.log10_norm[0]), float(jnp.linalg.norm(ref)), rtol=1e-4
     )
+    # the example shape is the batch's trailing axis: 32-wide params do not fit it
+    _, wide = nn.mlp(4, 32, activation="tanh").init(jax.random.key(0), (32,))
+    with pytest.raises(ValueError, match=r"(?s)`params\[0\]\['b'\]`.*\(16,\).*\(32,\)"):
+        analyze.layer_grad_norms(net, wide, jnp.ones((8, 32)) * xs[:, :1], _loss)
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
