@@ -40,11 +40,16 @@ def _x(shape, seed=0):
 # --- integers: np.int64 and 0-d integer arrays are integers; floats and bools are not ---
 
 
-@pytest.mark.parametrize("as_int", [np.int64, np.int32, lambda v: np.asarray(v)])
+@pytest.mark.parametrize(
+    "as_int",
+    [np.int64, np.int32, np.asarray, jnp.asarray],
+    ids=["np.int64", "np.int32", "np.asarray", "jnp.asarray"],
+)
 def test_integer_like_sizes_build_the_same_network(as_int):
     key = jax.random.key(1)
     cases = [
         (lambda i: nn.mlp(i(3), i(6), out_dim=i(2)), (4,)),
+        (lambda i: nn.mlp(i(3), i(4), stacked=True), (4,)),
         (lambda i: nn.mlp(i(2), i(5), activation="maxout", num_pieces=i(3)), (4,)),
         (lambda i: nn.dense(i(5)), (3,)),
         (lambda i: nn.maxout(i(4), i(2)), (3,)),
@@ -62,8 +67,8 @@ def test_integer_like_sizes_build_the_same_network(as_int):
 
 
 def test_depth_from_np_arange():
-    widths = [len(nn.mlp(d, 8).block_ends) for d in np.arange(2, 5)]
-    assert widths == [2, 3, 4]
+    n_blocks = [len(nn.mlp(d, 8).block_ends) for d in np.arange(2, 5)]
+    assert n_blocks == [2, 3, 4]
 
 
 @pytest.mark.parametrize(
