@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from jgrad.analyze._lanczos import lanczos_top
 from jgrad.analyze._logspace import finite_shift, safe_div, safe_log, vec_norm
-from jgrad.analyze._network import resolve_net
+from jgrad.analyze._network import block_counts, resolve_net
 from jgrad.analyze._ritz import summarise
 from jgrad.analyze._row_sweeps import (
     new_block,
@@ -291,7 +291,7 @@ def matrix_free_norms(
     (log_spectral_norm, log_mean_sq, mean_sq_rel_err), each (L,), and ``(L+1,)`` bool:
     block output ``h_k`` non-finite."""
     layers, _, ends = resolve_net(net, params, blocks)
-    L = len(ends)
+    L = sum(block_counts(layers, ends))
     if krylov_products is None:  # residual products stay near isometries: no shortcut
         residual = any(sub.info.kind == "residual" for sub in walk(*layers))
         krylov_products = L if residual else KRYLOV_PRODUCTS

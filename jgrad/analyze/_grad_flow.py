@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
+from jgrad.analyze import _repeat
 from jgrad.analyze._logspace import safe_div, vec_norm
 from jgrad.analyze._network import as_layers, check_input, resolve_net
 from jgrad.analyze._nonfinite import (
@@ -36,7 +37,10 @@ class GradFlow(NamedTuple):
     """Gradient norms at every layer output of one backward pass.
 
     Index k = 0 is the input h_0 = x; k >= 1 is the output h_k of layer k (``len(layers)+1``
-    entries). Logs are base 10, as the fields' names say.
+    entries). A ``jgrad.nn.repeat`` layer of n blocks (``mlp(..., stacked=True)``) has n
+    consecutive entries, the outputs of its blocks in order, so the entries are those of
+    the default layout at its blocks' outputs (K counts n for it). Logs are base 10, as
+    the fields' names say.
 
     Attributes:
         log10_norm: (K+1,) log10 ||dL/dh_k|| (Frobenius norm over the whole input batch),
@@ -50,9 +54,10 @@ class GradFlow(NamedTuple):
         forward_finite: (K+1,) bool, every entry of h_k is finite.
         loss: the scalar loss.
         param_log10_norm: a tuple with one entry per layer, shaped like that layer's params,
-            holding log10 ||dL/dtheta|| for every parameter leaf (computed in the same
-            backward pass with the same rescaling, so an underflowing gradient is still
-            reported); NaN where computed from a NaN or inf.
+            holding log10 ||dL/dtheta|| for every parameter leaf (a repeat layer's
+            leaves are ``(n,)``, one entry per block), computed in the same backward
+            pass with the same rescaling, so an underflowing gradient is still
+            reported; NaN where computed from a NaN or inf.
         nonfinite: a :class:`NonFinite`: ``forward`` the first k whose h_k holds a NaN
             or inf (k = 0 the input x); ``backward`` the first k, met going from the
             output to the input, whose ``log10_norm`` is NaN or inf although h_k..h_K,
@@ -152,30 +157,56 @@ def layer_grad_norms(
     check_input("layer_grad_norms", net, params, x, one_example=False)
     layers, params, _ = resolve_net(net, params, blocks=False)
     keys = split_keys(key, len(layers))
-    hs = [x]
-    vjps = []
+    # per layer: its output(s) stacked on a leading axis (n for a repeat layer, else 1)
+    hs = [jnp.asarray(x)[None]]
+    passes = []  # per layer: a VJP function, or a repeat layer's (block, params, key)
     for layer, p, k in zip(layers, params, keys, strict=True):
+        h_in = hs[-1][-1]
+        if layer.info.kind == "repeat":
+            block = layer.info.block
+            traj = _repeat.forward_trajectory(block, p, h_in, train=train, key=k)
+            hs.append(traj.hs)
+            passes.append((block, p, k, h_in, traj.hs))
+            continue
         h, f = jax.vjp(
             lambda h_in, p, k=k, layer=layer: layer.apply(p, h_in, train=train, key=k),
-            hs[-1],
+            h_in,
             p,
         )
-        hs.append(h)
-        vjps.append(f)
-    loss, g = jax.value_and_grad(loss_fn)(hs[-1])
+        hs.append(h[None])
+        passes.append(f)
+    loss, g = jax.value_and_grad(loss_fn)(hs[-1][-1])
 
-    def norm(v):
-        return vec_norm(
-            jnp.ravel(v)
-        )  # max-scaled: squaring tiny entries cannot underflow
+    def norm(v):  # max-scaled: squaring tiny entries cannot underflow
+        return vec_norm(jnp.ravel(v))
 
     raw = g
     n = norm(g)
     log_scale = jnp.log10(n)
     g = jnp.where(n > 0, safe_div(g, n), g)
-    logs, raws, zeros = [log_scale], [n], [jnp.all(raw == 0)]
+    logs, raws, zeros = [log_scale[None]], [n[None]], [jnp.all(raw == 0)[None]]
     param_logs = []
-    for f in reversed(vjps):
+    for f in reversed(passes):
+        if isinstance(f, tuple):  # a repeat layer: one backward scan over its blocks
+            block, p, k, h_in, hr = f
+            rg = _repeat.grad_norms(
+                block,
+                p,
+                h_in,
+                g,
+                log10_scale=log_scale,
+                raw_cotangent=raw,
+                hs=hr,
+                train=train,
+                key=k,
+            )
+            g, raw = rg.cotangent, rg.raw_cotangent
+            log_scale = rg.log10_norm[0]
+            param_logs.append(rg.param_log10_norm)
+            logs.append(rg.log10_norm)  # block order (the list is reversed below)
+            raws.append(rg.raw_norm)
+            zeros.append(rg.raw_zero)
+            continue
         raw, _ = f(raw)
         g, gp = f(g)
         # dL/dtheta = ||dL/dh_out|| * vjp_theta(unit cotangent): log10 adds.
@@ -185,12 +216,12 @@ def layer_grad_norms(
         n = norm(g)
         log_scale = log_scale + jnp.log10(n)
         g = jnp.where(n > 0, safe_div(g, n), g)
-        logs.append(log_scale)
-        raws.append(norm(raw))
-        zeros.append(jnp.all(raw == 0))
-    log10_norm = jnp.stack(logs[::-1])
-    raw_norm = jnp.stack(raws[::-1])
-    forward_finite = jnp.stack([jnp.all(jnp.isfinite(h)) for h in hs])
+        logs.append(log_scale[None])
+        raws.append(norm(raw)[None])
+        zeros.append(jnp.all(raw == 0)[None])
+    log10_norm = jnp.concatenate(logs[::-1])
+    raw_norm = jnp.concatenate(raws[::-1])
+    forward_finite = jnp.concatenate([_finite_rows(h) for h in hs])
     # dL/dh_k is computed from h_k..h_K (the VJPs above it and the loss)
     dep = _from_top(~forward_finite)
     bad = jnp.isnan(log10_norm) | (log10_norm == jnp.inf)
@@ -202,18 +233,26 @@ def layer_grad_norms(
     def mask(v, flag):
         return jnp.where(flag | jnp.isnan(v) | (v == jnp.inf), jnp.nan, v)
 
-    # layer j's parameter gradient: from h_(j-1) and the cotangent at h_j
-    param_logs = tuple(
-        jax.tree.map(lambda v, f=nan[j]: mask(v, f), pl)
-        for j, pl in enumerate(param_logs[::-1])
-    )
+    # a parameter gradient: from the layer's input h_i and the cotangent at its output;
+    # masked with the flag at its input index i (a repeat layer: one per block)
+    out_logs, i = [], 0
+    for f, h, pl in zip(passes, hs[1:], param_logs[::-1], strict=True):
+        r = h.shape[0]
+        flag = nan[i : i + r] if isinstance(f, tuple) else nan[i]
+        out_logs.append(jax.tree.map(lambda v, f=flag: mask(v, f), pl))
+        i += r
     return GradFlow(
         log10_norm=log10_norm,
         raw_norm=raw_norm,
-        underflow=jnp.stack(zeros[::-1]) & jnp.isfinite(log10_norm),
+        underflow=jnp.concatenate(zeros[::-1]) & jnp.isfinite(log10_norm),
         forward_finite=forward_finite,
         loss=loss,
-        param_log10_norm=param_logs,
+        param_log10_norm=tuple(out_logs),
         nonfinite=nonfinite_record(first_true(~forward_finite), last_true(new)),
-        log10_act_norm=jnp.stack([_log10_norm(h) for h in hs]),
+        log10_act_norm=jnp.concatenate([jax.vmap(_log10_norm)(h) for h in hs]),
     )
+
+
+def _finite_rows(hs):
+    """``(r,)`` bool: every entry of ``hs[i]`` is finite (``hs`` stacked on axis 0)."""
+    return jnp.all(jnp.isfinite(hs.reshape(hs.shape[0], -1)), axis=1)

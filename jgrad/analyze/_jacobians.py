@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
-from jgrad.analyze._network import check_input, resolve_net
+from jgrad.analyze._network import check_input, refuse_split_repeats, resolve_net
 from jgrad.analyze._nonfinite import (
     NonFinite,
     first_true,
@@ -35,10 +35,21 @@ __all__ = ["Jacobians", "layer_jacobians", "jacobian"]
 class Jacobians(NamedTuple):
     """Per-layer Jacobians along one forward trajectory.
 
+    A ``jgrad.nn.repeat`` layer of n blocks (``mlp(..., stacked=True)``) is held as ONE
+    entry of ``mats`` and ``hs``, its blocks' Jacobians and outputs stacked on a leading
+    axis n (no tuple of n matrices); the layers are still numbered l = 1..L in order,
+    L counting the n blocks. Every consumer (:func:`log_singular_values`,
+    :func:`jacobian_product`, :func:`input_products`, :func:`output_products`,
+    :func:`log_abs_det`) scans over a stacked entry.
+
     Attributes:
-        mats: tuple of L matrices, ``mats[l-1] = d h_l / d h_{l-1}`` of shape
-            ``(size(h_l), size(h_{l-1}))`` (inputs and outputs flattened, row-major).
-        hs: tuple of the L+1 representations ``h_0 = x, h_1, ..., h_L`` (h_L the output).
+        mats: a tuple with one entry per segment: a matrix
+            ``d h_l / d h_{l-1}`` of shape ``(size(h_l), size(h_{l-1}))`` (inputs and
+            outputs flattened, row-major), or for a repeat layer an ``(n, N, N)`` array,
+            its n blocks' Jacobians in order. Without repeat layers, L matrices.
+        hs: a tuple of the representations ``h_0 = x, h_1, ..., h_L`` (h_L the output),
+            one entry per segment after ``x``: a repeat layer's ``(n, *shape)``, its
+            blocks' outputs in order (the entry after a 3-D ``mats`` entry).
         first_nonfinite: int32 scalar, the first k with a non-finite entry in ``h_k`` or
             ``J_k``, or -1 when the whole trajectory is finite.
         nonfinite: a :class:`NonFinite`: ``forward`` the first k with a NaN or inf in
@@ -54,14 +65,15 @@ class Jacobians(NamedTuple):
     nonfinite: NonFinite = no_nonfinite()
 
     def stacked(self) -> jax.Array:
-        """The Jacobians as one ``(L, m, n)`` array (all layers must have equal shapes)."""
-        shapes = {m.shape for m in self.mats}
+        """The Jacobians as one ``(L, m, n)`` array (all layers must have equal shapes;
+        a repeat layer's stacked entry is concatenated, not unstacked)."""
+        shapes = {m.shape[-2:] for m in self.mats}
         if len(shapes) != 1:
             raise ValueError(
                 f"`stacked()` needs Jacobians of one shape, got {sorted(shapes)}. Use "
                 "`mats` (a tuple) for networks whose width changes."
             )
-        return jnp.stack(self.mats)
+        return jnp.concatenate([m if m.ndim == 3 else m[None] for m in self.mats])
 
 
 # ----------------------------------------------------------------------------------------
@@ -224,6 +236,11 @@ def _serial_jacobian(layers, params, h, *, train, key, chunk_size):
     return j, h
 
 
+def _all_finite(v):
+    """``(r,)`` bool: every entry of ``v[i]`` is finite (``v`` stacked on axis 0)."""
+    return jnp.all(jnp.isfinite(v.reshape(v.shape[0], -1)), axis=1)
+
+
 # ----------------------------------------------------------------------------------------
 
 
@@ -297,7 +314,10 @@ def layer_jacobians(
     _checks.boolean("train", train)
     _checks.boolean("batch_jacobian", batch_jacobian)
     _checks.prng_key("key", key, optional=True)
+    from jgrad.analyze import _repeat  # it builds on this module's closed forms
+
     layers, params, ends = resolve_net(net, params, blocks)
+    refuse_split_repeats(layers, blocks)
     if chunk_size is not None:
         _checks.positive_int("chunk_size", chunk_size)
     couples = any(sub.info.couples_examples for sub in walk(*layers))
@@ -315,31 +335,48 @@ def layer_jacobians(
             f"`x` must be a batch (B, ...) with batch_jacobian=True, got shape {x.shape}."
         )
     keys = split_keys(key, len(layers))
-    mats, hs = [], [x]
+    mats, hs = [], [x[None]]  # per segment, stacked (a repeat layer: over its blocks)
+    stacked = []  # per segment: a repeat layer's
     start = 0
     h = x
     for end in ends:
         seg = slice(start, end + 1)
+        start = end + 1
+        if layers[seg][0].info.kind == "repeat":  # a segment of its own
+            block = layers[seg][0].info.block
+            p, k = params[seg][0], keys[seg][0]
+            traj = _repeat.forward_trajectory(block, p, h, train=train, key=k)
+            mats.append(
+                _repeat.block_jacobians(block, p, h, hs=traj.hs, train=train, key=k)
+            )
+            hs.append(traj.hs)
+            stacked.append(True)
+            h = traj.hs[-1]
+            continue
         j = None
         for layer, p, k in zip(layers[seg], params[seg], keys[seg], strict=True):
             jl, h = _layer_jacobian(
                 layer, p, h, train=train, key=k, chunk_size=chunk_size
             )
             j = jl if j is None else _compose(jl, j)
-        mats.append(_to_full(j))
-        hs.append(h)
-        start = end + 1
-    finite = [jnp.all(jnp.isfinite(hs[0]))] + [
-        jnp.all(jnp.isfinite(h)) & jnp.all(jnp.isfinite(m))
-        for h, m in zip(hs[1:], mats, strict=True)
-    ]
-    first = first_true(~jnp.stack(finite))
-    bad_h = jnp.stack([~jnp.all(jnp.isfinite(h)) for h in hs])
+        mats.append(_to_full(j)[None])
+        hs.append(h[None])
+        stacked.append(False)
+    # one flag per block output (h) and per Jacobian (m), over the stacked segments
+    bad_h = jnp.concatenate([~_all_finite(v) for v in hs])
+    bad_m = jnp.concatenate([~_all_finite(m) for m in mats])
+    first = first_true(bad_h | jnp.concatenate([jnp.zeros(1, bool), bad_m]))
     # J_l is computed at h_(l-1): NaN once some h_j, j <= l-1, is non-finite
     dep = jnp.cumsum(bad_h[:-1]) > 0
-    bad_j = jnp.stack([~jnp.all(jnp.isfinite(m)) for m in mats]) & ~dep
+    bad_j = bad_m & ~dep
     record = nonfinite_record(
-        first_true(bad_h), first_true(bad_j, jnp.arange(1, len(mats) + 1))
+        first_true(bad_h), first_true(bad_j, jnp.arange(1, bad_j.shape[0] + 1))
     )
-    mats = [jnp.where(d, jnp.nan, m) for d, m in zip(dep, mats, strict=True)]
-    return Jacobians(tuple(mats), tuple(hs), first, record)
+    out_m, out_h, i = [], [x], 0
+    for m, v, rep in zip(mats, hs[1:], stacked, strict=True):
+        r = m.shape[0]
+        m = jnp.where(dep[i : i + r, None, None], jnp.nan, m)
+        out_m.append(m if rep else m[0])
+        out_h.append(v if rep else v[0])
+        i += r
+    return Jacobians(tuple(out_m), tuple(out_h), first, record)

@@ -4,6 +4,11 @@ Analyzers accept the same ``net``: a ``jgrad.nn.serial`` network (``mlp``, ``res
 its ``info.layers`` and ``info.block_ends``), a single Layer, or a non-empty sequence whose
 items are Layers, flax ``linen.Module``s (params entry: the module's variables) or functions
 ``fn(params, x) -> y``. :func:`resolve_net` is the one place that reads it.
+
+A ``jgrad.nn.repeat`` layer (``mlp(..., stacked=True)``) stands for n blocks: it is
+always a block of its own (a block boundary before and after it), and the analyzers
+report one entry per repeated block, numbered in order with the other blocks
+(:func:`block_counts`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from jgrad.nn._layer import Layer, check_info
 __all__ = [
     "Network",
     "as_layers",
+    "block_counts",
     "check_input",
     "check_params_shapes",
     "example_rank",
+    "num_blocks",
+    "refuse_split_repeats",
     "resolve_net",
 ]
 
@@ -140,10 +148,51 @@ def resolve_net(net: Any, params: Any, blocks: bool) -> Network:
             f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
             "params returned by net.init."
         )
-    ends = tuple(range(len(layers))) if not blocks else tuple(sorted(set(ends)))
+    ends = set(range(len(layers))) if not blocks else set(ends)
+    for i, layer in enumerate(layers):  # a repeat layer is a block of its own
+        if layer.info.kind == "repeat":
+            ends.update((i - 1, i) if i else (i,))
+    ends = tuple(sorted(ends))
     if not ends or ends[-1] != len(layers) - 1:
         ends = ends + (len(layers) - 1,)
     return Network(layers, params, ends)
+
+
+def block_counts(layers: tuple[Layer, ...], ends: tuple[int, ...]) -> tuple[int, ...]:
+    """How many blocks each segment of :func:`resolve_net`'s ``ends`` stands for: a
+    repeat layer's ``info.repeats`` (it is a segment of its own), else 1."""
+    out, start = [], 0
+    for end in ends:
+        first = layers[start]
+        out.append(first.info.repeats if first.info.kind == "repeat" else 1)
+        start = end + 1
+    return tuple(out)
+
+
+def num_blocks(net: Any, params: Any, blocks: bool) -> int:
+    """L, the number of block outputs the analyzers report on (a repeat layer counts
+    its n blocks)."""
+    layers, _, ends = resolve_net(net, params, blocks)
+    return sum(block_counts(layers, ends))
+
+
+def refuse_split_repeats(layers: tuple[Layer, ...], blocks: bool) -> None:
+    """Raises ValueError for ``blocks=False`` on a network with a repeat layer whose
+    block has several layers: the repeated blocks are scanned as units, so their
+    layers cannot be steps of their own."""
+    if blocks:
+        return
+    for i, layer in enumerate(layers):
+        info = layer.info
+        if info.kind == "repeat" and len(info.block.info.layers) > 1:
+            raise ValueError(
+                f"`blocks` must be True for a network with a repeat layer whose block "
+                f"has several layers (layer {i}: {info.repeats} blocks of "
+                f"{len(info.block.info.layers)} layers), got False: the repeated blocks "
+                "are scanned as units, one entry per block. Use blocks=True, or the "
+                "default layout (jgrad.nn.mlp(..., stacked=False) with params from "
+                "jgrad.nn.unstack_params) for one entry per layer."
+            )
 
 
 _SHAPE_PRESERVING = ("elementwise", "batch_norm")
@@ -160,6 +209,11 @@ def example_rank(layers: tuple[Layer, ...]) -> int | None:
             return example_rank(info.layers)
         if info.kind == "residual":
             return example_rank((info.block,))
+        if info.kind == "repeat":  # shape-preserving: its block's rank, else look on
+            rank = example_rank((info.block,))
+            if rank is not None:
+                return rank
+            continue
         if info.kind not in _SHAPE_PRESERVING:
             return None
     return None

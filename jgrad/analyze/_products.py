@@ -63,7 +63,10 @@ def _as_mats(jacobians: Any, name: str = "jacobians", dtype=None):
 
 
 def _as_mats_checked(jacobians: Any, name: str):
-    if isinstance(jacobians, Jacobians):
+    # a Jacobians' stacked (n, N, N) entry is a repeat layer's; in a plain sequence a
+    # 3-D entry is refused (most likely a vmapped batch)
+    held = isinstance(jacobians, Jacobians)
+    if held:
         jacobians = jacobians.mats
     if isinstance(jacobians, LogMatrix):
         raise ValueError(
@@ -86,18 +89,48 @@ def _as_mats_checked(jacobians: Any, name: str):
         )
     mats = tuple(jnp.asarray(j) for j in jacobians)
     for k, j in enumerate(mats):
-        if j.ndim != 2:
+        stacked = held and j.ndim == 3 and j.shape[0] >= 1 and j.shape[1] == j.shape[2]
+        if j.ndim != 2 and not stacked:
             raise ValueError(
-                f"`{name}[{k}]` must be a 2-D Jacobian (out, in) of one example, got shape "
-                f"{j.shape}. vmap over examples for a batch."
+                f"`{name}[{k}]` must be a 2-D Jacobian (out, in) of one example, got "
+                f"shape {j.shape}. vmap over examples for a batch; a repeat layer's "
+                "stacked Jacobians are read from the Jacobians that layer_jacobians "
+                "returns."
             )
-        if k and j.shape[1] != mats[k - 1].shape[0]:
+        if k and j.shape[-1] != mats[k - 1].shape[-2]:
             raise ValueError(
                 f"`{name}[{k}]` must take the output of `{name}[{k - 1}]`: expected "
-                f"{mats[k - 1].shape[0]} columns, got shape {j.shape}. Pass the Jacobians "
-                "in forward order J_1, ..., J_L."
+                f"{mats[k - 1].shape[-2]} columns, got shape {j.shape}. Pass the "
+                "Jacobians in forward order J_1, ..., J_L."
             )
     return mats
+
+
+def _count(mats) -> int:
+    """L, the number of Jacobians (a stacked ``(n, N, N)`` entry counts n)."""
+    if hasattr(mats, "shape"):
+        return mats.shape[0]
+    return sum(m.shape[0] if m.ndim == 3 else 1 for m in mats)
+
+
+def _sub(mats, start, stop):
+    """The entries of a sequence ``mats`` holding layers start+1..stop (static bounds),
+    a stacked entry sliced to the layers it shares with that range."""
+    out, i = [], 0
+    for m in mats:
+        r = m.shape[0] if m.ndim == 3 else 1
+        lo, hi = max(start, i), min(stop, i + r)
+        if lo < hi:
+            out.append(m[lo - i : hi - i] if m.ndim == 3 else m)
+        i += r
+    return tuple(out)
+
+
+def _first(m):
+    """The first Jacobian of an entry, and the rest of it (None for a 2-D entry)."""
+    if m.ndim == 2:
+        return m, None
+    return m[0], (m[1:] if m.shape[0] > 1 else None)
 
 
 def _check_range(start, stop, length):
@@ -151,9 +184,16 @@ def jacobian_product(
         -119.849
     """
     mats = _as_mats(jacobians, dtype=accumulate_dtype(accumulate))
-    start, stop = _check_range(start, stop, len(mats))
+    start, stop = _check_range(start, stop, _count(mats))
     if start == stop:
-        n = mats[start - 1].shape[0] if start else mats[0].shape[1]
+        if hasattr(mats, "shape"):
+            n = mats[start - 1].shape[0] if start else mats[0].shape[1]
+        else:
+            n = (
+                _sub(mats, start - 1, start)[0].shape[-2]
+                if start
+                else mats[0].shape[-1]
+            )
         dtype = mats[0].dtype
         return LogMatrix(*normalize(jnp.eye(n, dtype=dtype), jnp.zeros((), dtype)))
     if isinstance(mats, jax.Array) or hasattr(mats, "shape"):
@@ -167,9 +207,18 @@ def jacobian_product(
 
         (m, s), _ = jax.lax.scan(body, init, rest)
         return LogMatrix(m, s)
-    m, s = normalize(mats[start], jnp.zeros((), mats[start].dtype))
-    for j in mats[start + 1 : stop]:
-        m, s = normalize(j @ m, s)
+    sub = _sub(mats, start, stop)
+    first, rest = _first(sub[0])
+    m, s = normalize(first, jnp.zeros((), first.dtype))
+    for j in ((rest,) if rest is not None else ()) + sub[1:]:
+        if j.ndim == 2:
+            m, s = normalize(j @ m, s)
+            continue
+
+        def body(carry, jk):
+            return normalize(jk @ carry[0], carry[1]), None
+
+        (m, s), _ = jax.lax.scan(body, (m, s), j)
     return LogMatrix(m, s)
 
 
@@ -205,10 +254,39 @@ def input_products(
         return LogMatrix(
             jnp.concatenate([init[0][None], ms]), jnp.concatenate([init[1][None], ss])
         )
-    out = [LogMatrix(*normalize(mats[0], jnp.zeros((), mats[0].dtype)))]
-    for j in mats[1:]:
-        out.append(LogMatrix(*normalize(j @ out[-1].matrix, out[-1].log_scale)))
-    return tuple(out)
+    return _sweep_products(mats, lambda j, m: j @ m)
+
+
+def _sweep_products(mats, mul, reverse=False):
+    """Every prefix (or suffix, ``reverse``) product of a sequence ``mats``, one entry
+    per entry of ``mats``: a LogMatrix, or a stacked one (leading axis n) for a stacked
+    entry, formed by a scan over it."""
+    order = mats[::-1] if reverse else mats
+    out, carry = [], None
+    for m in order:
+        if m.ndim == 2:
+            if carry is None:
+                carry = normalize(m, jnp.zeros((), m.dtype))
+            else:
+                carry = normalize(mul(m, carry[0]), carry[1])
+            out.append(LogMatrix(*carry))
+            continue
+        stack = m[::-1] if reverse else m
+        head = None
+        if carry is None:
+            carry = head = normalize(stack[0], jnp.zeros((), stack.dtype))
+            stack = stack[1:]
+
+        def body(c, j):
+            nxt = normalize(mul(j, c[0]), c[1])
+            return nxt, nxt
+
+        carry, (ms, ss) = jax.lax.scan(body, carry, stack)
+        if head is not None:
+            ms = jnp.concatenate([head[0][None], ms])
+            ss = jnp.concatenate([head[1][None], ss])
+        out.append(LogMatrix(ms[::-1], ss[::-1]) if reverse else LogMatrix(ms, ss))
+    return tuple(out[::-1]) if reverse else tuple(out)
 
 
 def _parallel(parallel, mats) -> bool:
@@ -268,10 +346,7 @@ def output_products(
         return LogMatrix(
             jnp.concatenate([ms, init[0][None]]), jnp.concatenate([ss, init[1][None]])
         )
-    out = [LogMatrix(*normalize(mats[-1], jnp.zeros((), mats[-1].dtype)))]
-    for j in reversed(mats[:-1]):
-        out.append(LogMatrix(*normalize(out[-1].matrix @ j, out[-1].log_scale)))
-    return tuple(out[::-1])
+    return _sweep_products(mats, lambda j, m: m @ j, reverse=True)
 
 
 def _qr_logs(mats):
@@ -296,10 +371,17 @@ def _qr_logs(mats):
 
         (_, acc), _ = jax.lax.scan(body, (q0, jnp.zeros(n, mats.dtype)), mats)
         return acc
-    n = mats[0].shape[1]
+    n = mats[0].shape[-1]
     q, acc = jnp.eye(n, dtype=mats[0].dtype), jnp.zeros(n, mats[0].dtype)
     for j in mats:
-        q, acc = step(q, acc, j)
+        if j.ndim == 2:
+            q, acc = step(q, acc, j)
+            continue
+
+        def body(carry, jk):
+            return step(*carry, jk), None
+
+        (q, acc), _ = jax.lax.scan(body, (q, acc), j)
     return acc
 
 
@@ -376,16 +458,18 @@ def log_singular_values(
         out = jnp.log(svdvals(m, svd)) + s[..., None]
         return jnp.where(bad[..., None], jnp.nan, out)
     mats = _as_mats(jacobians, dtype=dtype)
-    start, stop = _check_range(start, stop, len(mats))
+    start, stop = _check_range(start, stop, _count(mats))
     if start == stop:
         raise ValueError(
             f"`stop` must be greater than `start` for a spectrum, got start={start}, "
             f"stop={stop}."
         )
     if method == "rescaled":
-        return log_singular_values(jacobian_product(mats, start, stop), svd=svd)
-    sub = mats[start:stop]
-    r = min(sub[-1].shape[0], sub[0].shape[1])
+        return log_singular_values(
+            jacobian_product(jacobians, start, stop, accumulate=accumulate), svd=svd
+        )
+    sub = mats[start:stop] if hasattr(mats, "shape") else _sub(mats, start, stop)
+    r = min(sub[-1].shape[-2], sub[0].shape[-1])
     return _nan_if_nonfinite(sub, jnp.sort(_qr_logs(sub))[::-1][:r])
 
 
@@ -406,11 +490,11 @@ def log_abs_det(
         accumulate: as :func:`jacobian_product`.
     """
     mats = _as_mats(jacobians, dtype=accumulate_dtype(accumulate))
-    start, stop = _check_range(start, stop, len(mats))
+    start, stop = _check_range(start, stop, _count(mats))
     if start == stop:  # the identity
         return jnp.zeros((), mats[0].dtype)
-    sub = mats[start:stop]
-    n_out, n_in = sub[-1].shape[0], sub[0].shape[1]
+    sub = mats[start:stop] if hasattr(mats, "shape") else _sub(mats, start, stop)
+    n_out, n_in = sub[-1].shape[-2], sub[0].shape[-1]
     if n_out != n_in:
         raise ValueError(
             f"`jacobians` must give a square product for a determinant, got "

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jgrad import _checks
 from jgrad.analyze import _rank
-from jgrad.analyze._network import resolve_net
+from jgrad.analyze._network import num_blocks
 from jgrad.analyze._segments import (
     Run,
     _run_block,
@@ -311,7 +311,7 @@ def compressible(net, params, blocks, compress) -> bool:
     """Whether a rank-compressed sweep can look at the rank at all: ``compress`` and
     enough blocks (else the plain sweep: the same values, compiled faster)."""
     _checks.boolean("compress", compress)
-    n_blocks = len(resolve_net(net, params, blocks)[2])
+    n_blocks = num_blocks(net, params, blocks)
     return compress and n_blocks >= _rank.FIRST_CHECK + _rank.MIN_REMAINING
 
 

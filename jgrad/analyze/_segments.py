@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgrad.analyze._jacobians import _serial_jacobian, _to_full
-from jgrad.analyze._network import resolve_net
+from jgrad.analyze._network import refuse_split_repeats, resolve_net
 from jgrad.nn._layer import split_keys, sublayers, walk
 
 MIN_RUN = 3  # shorter runs of identical blocks stay unrolled
@@ -155,6 +155,7 @@ def segments(
     from ``cut`` on are all single Blocks. :func:`forward_bad` reads which block outputs
     are non-finite."""
     layers, params, ends = resolve_net(net, params, blocks)
+    refuse_split_repeats(layers, blocks)
     if train and any(sub.info.couples_examples for sub in walk(*layers)):
         raise ValueError(
             "`train` must be False for a network with batch norm in these sweeps, got "
@@ -176,11 +177,17 @@ def segments(
 
         return fn
 
-    # The blocks' signatures, from shapes alone (one trace each, nothing computed).
+    # The blocks' signatures, from shapes alone (one trace each, nothing computed); a
+    # repeat layer's n blocks: one trace of its block.
     h = jnp.asarray(x)
-    sigs, shapes = [], []
+    sigs, shapes, first = [], [], []  # per part; first: the part's first block index
     cur = jax.ShapeDtypeStruct(h.shape, h.dtype)
-    for lays, p, k in parts:
+    for q, (lays, p, k) in enumerate(parts):
+        first.append(first[-1] + _part_len(parts[q - 1]) if q else 0)
+        if _part_len((lays, p, k)) > 1 or lays[0].info.kind == "repeat":
+            sigs.append(None)
+            shapes.append(cur.shape)
+            continue
         cj = jax.make_jaxpr(make_fn(lays))(p, k, cur)
         (out,) = cj.out_avals
         same_shape = out.shape == cur.shape and out.dtype == cur.dtype
@@ -202,14 +209,26 @@ def segments(
             and _same_consts(a[3], b[3])
         )
 
-    n = len(parts)
-    cut = n if cut is None or not 0 <= cut < n else cut
-    segs, i = [], 0
-    while i < n:
-        stop = min(cut if i < cut else (i + 1 if single_after_cut else n), n - 1)
-        stop = min([stop] + [b for b in bounds if b > i])
+    total = first[-1] + _part_len(parts[-1])  # L, the blocks
+    cut = total if cut is None or not 0 <= cut < total else cut
+
+    def stop_at(g):
+        """The block index a run starting at block g must stop before."""
+        stop = min(
+            cut if g < cut else (g + 1 if single_after_cut else total), total - 1
+        )
+        return min([stop] + [b for b in bounds if b > g])
+
+    segs, block_shapes, i = [], [], 0
+    while i < len(parts):
+        if parts[i][0][0].info.kind == "repeat":
+            h = _repeat_segments(segs, parts[i], h, first[i], stop_at, train)
+            block_shapes += [shapes[i]] * _part_len(parts[i])
+            i += 1
+            continue
+        stop = stop_at(first[i])
         j = i + 1
-        while j < stop and same(i, j):
+        while j < len(parts) and first[j] < stop and same(i, j):
             j += 1
         if j - i >= MIN_RUN:
             stack = lambda *a: jnp.stack(a)  # noqa: E731
@@ -217,46 +236,105 @@ def segments(
             ks = parts[i][2]
             if any(kk is not None for kk in ks):
                 ks = jax.tree.map(stack, *[parts[m][2] for m in range(i, j)])
-            fn = make_fn(parts[i][0])
-
-            lin = None
-            if STORE_LINEARIZATION:
-                meta = []
-
-                def body(v, xs, fn=fn, meta=meta):
-                    p, k = xs
-                    out, jvp = jax.linearize(lambda u: fn(p, k, u), v)
-                    treedef, where, res = _split_lin(jvp, p, k)
-                    meta[:] = [treedef, where]
-                    return out, (v, res)
-
-                h, (hs, res) = jax.lax.scan(body, h, (ps, ks))
-                lin = (meta[0], meta[1], res)
-            else:
-
-                def body(v, xs, fn=fn):
-                    p, k = xs
-                    return fn(p, k, v), v
-
-                h, hs = jax.lax.scan(body, h, (ps, ks))
-            segs.append(Run(fn, ps, ks, hs, tuple(h.shape), lin))
+            h = _scan_run(segs, make_fn(parts[i][0]), ps, ks, h)
+            block_shapes += shapes[i:j]
             i = j
             continue
         lays, p, k = parts[i]
-        h_in = h
-        h, jvp, vjp = _linearize(lambda v, f=make_fn(lays), p=p, k=k: f(p, k, v), h_in)
-        jac = None
-        if h_in.ndim == 1 and _closed_form(*lays):
-
-            def jac(lays=lays, p=p, h_in=h_in):
-                j, _ = _serial_jacobian(
-                    lays, p, h_in, train=train, key=None, chunk_size=None
-                )
-                return _to_full(j)
-
-        segs.append(Block(jvp, vjp, h_in.shape, h.shape, jac, h_in))
+        h = _single(segs, lays, p, k, h, make_fn(lays), train)
+        block_shapes.append(shapes[i])
         i += 1
-    return segs, shapes, h
+    return segs, block_shapes, h
+
+
+def _part_len(part) -> int:
+    """The blocks a part of :func:`segments` stands for (a repeat layer's n)."""
+    lays = part[0]
+    return lays[0].info.repeats if lays[0].info.kind == "repeat" else 1
+
+
+def _scan_run(segs, fn, ps, ks, h):
+    """Appends the :class:`Run` of the blocks ``fn`` with params ``ps`` (keys ``ks``)
+    from input ``h``, by one forward ``lax.scan``; returns the output."""
+    lin = None
+    if STORE_LINEARIZATION:
+        meta = []
+
+        def body(v, xs):
+            p, k = xs
+            out, jvp = jax.linearize(lambda u: fn(p, k, u), v)
+            treedef, where, res = _split_lin(jvp, p, k)
+            meta[:] = [treedef, where]
+            return out, (v, res)
+
+        h_out, (hs, res) = jax.lax.scan(body, h, (ps, ks))
+        lin = (meta[0], meta[1], res)
+    else:
+
+        def body(v, xs):
+            p, k = xs
+            return fn(p, k, v), v
+
+        h_out, hs = jax.lax.scan(body, h, (ps, ks))
+    segs.append(Run(fn, ps, ks, hs, tuple(h_out.shape), lin))
+    return h_out
+
+
+def _single(segs, lays, p, k, h_in, fn, train):
+    """Appends the linearized :class:`Block` of one block at input ``h_in`` (``fn(p, k,
+    v)`` its function, ``lays`` its layers); returns its output."""
+    h, jvp, vjp = _linearize(lambda v: fn(p, k, v), h_in)
+    jac = None
+    if h_in.ndim == 1 and _closed_form(*lays):
+
+        def jac(lays=lays, p=p, h_in=h_in):
+            j, _ = _serial_jacobian(
+                lays, p, h_in, train=train, key=None, chunk_size=None
+            )
+            return _to_full(j)
+
+    segs.append(Block(jvp, vjp, h_in.shape, h.shape, jac, h_in))
+    return h
+
+
+def _repeat_segments(segs, part, h, g0, stop_at, train):
+    """Appends a repeat layer's n blocks (global indices g0..g0+n-1) as Runs over
+    slices of its stacked params (never restacked) and single Blocks where a run must
+    stop (:func:`segments`' ``cut``, ``bounds``, the last block); returns the output."""
+    (layer,), (params,), (key,) = part
+    block = layer.info.block
+    n = layer.info.repeats
+    keys = None if key is None else jax.random.split(key, n)
+
+    def fn(p, k, v):
+        return block.apply(p, v, train=train, key=k)
+
+    def take(a, b):
+        ps = jax.tree.map(lambda v: v[a:b], params)
+        return ps, None if keys is None else keys[a:b]
+
+    a = 0
+    while a < n:
+        stop = min(stop_at(g0 + a) - g0, n)
+        if stop - a >= MIN_RUN:
+            ps, ks = take(a, stop)
+            h = _scan_run(segs, fn, ps, ks, h)
+            a = stop
+            continue
+        p = jax.tree.map(lambda v, a=a: v[a], params)
+        k = None if keys is None else keys[a]
+        h = _single(segs, (block,), (p,), (k,), h, _one_block(block, train), train)
+        a += 1
+    return h
+
+
+def _one_block(block, train):
+    """A repeat layer's block as a single Block's ``fn(p, k, v)`` (one-entry tuples)."""
+
+    def fn(p, k, v):
+        return block.apply(p[0], v, train=train, key=k[0])
+
+    return fn
 
 
 def forward_bad(segs, y) -> jax.Array:
