@@ -21,7 +21,13 @@ ONE_EXAMPLE = {
     "output_spectra": lambda net, p, x, **kw: analyze.output_spectra(net, p, x, **kw),
     "output_sweep": lambda net, p, x, **kw: analyze.output_sweep(net, p, x, **kw),
     "output_norms": lambda net, p, x, **kw: analyze.output_norms(
-        net, p, x, probe_key=jax.random.key(0), **kw
+        net,
+        p,
+        x,
+        probe_key=jax.random.key(0),
+        min_lanczos_steps=2,
+        max_lanczos_steps=4,
+        **kw,
     ),
     "layer_jacobians": lambda net, p, x, **kw: analyze.layer_jacobians(net, p, x, **kw),
 }
