@@ -271,7 +271,10 @@ def layer_jacobians(
     that ``net.block_ends`` names (for ``jgrad.nn.mlp``: after each activation, so
     ``J_l = diag(phi'(a_l)) W_l^T``), plus the network output when the last layer is not a
     block end (a readout); with ``blocks=False`` every layer is one step. Either way the
-    product ``J_L ... J_1`` is ``d y / d x``.
+    product ``J_L ... J_1`` is ``d y / d x``. A ``jgrad.nn.repeat`` layer (``mlp(...,
+    stacked=True)``) is a block of its own whose n blocks give n Jacobians, held as one
+    stacked ``(n, N, N)`` entry of ``mats`` (see :class:`Jacobians`) and computed by one
+    scan over its stacked params, so the program does not grow with n.
 
     Batch norm in train mode couples the examples of a batch, so a per-example Jacobian does
     not exist. Pass the whole batch as ``x`` with ``batch_jacobian=True``: the batch is then
@@ -296,7 +299,9 @@ def layer_jacobians(
         ValueError: ``net`` is not a network, ``params`` does not fit it (another width
             or input size), ``x`` is not one float example (the message shows the
             ``vmap``; with ``batch_jacobian=True``, not a float batch), ``key`` is not a
-            PRNG key, or batch norm in train mode without ``batch_jacobian=True``.
+            PRNG key, batch norm in train mode without ``batch_jacobian=True``, or
+            ``blocks=False`` with a repeat layer whose block has several layers (its
+            blocks are scanned as units).
 
     References:
         Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz, "A Mean Field Theory of Batch

@@ -212,8 +212,9 @@ def output_norms(
         ValueError: for an unknown ``method``, an option of the other method, an
             option out of range, ``probe_key`` not a PRNG key (None or an int seed
             included), ``key`` not a PRNG key or None, ``x`` not one float example
-            (the message shows the ``vmap``), params of another network, or
-            ``train``/``blocks`` not a bool.
+            (the message shows the ``vmap``), params of another network,
+            ``train``/``blocks`` not a bool, or ``blocks=False`` with a repeat layer
+            whose block has several layers (:func:`layer_jacobians`).
 
     References:
         Meyer, Musco, Musco & Woodruff 2021, "Hutch++: Optimal Stochastic Trace

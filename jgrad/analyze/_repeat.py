@@ -219,7 +219,7 @@ def block_jacobians(
 ) -> jax.Array:
     """Every block's Jacobian ``J_k = d h_k / d h_(k-1)`` of a repeat layer, stacked.
 
-    Vmapped over the blocks: closed forms where ``layer_jacobians`` has them (a dense
+    Vmapped over the blocks (mapped in sequence with a ``key``): closed forms where ``layer_jacobians`` has them (a dense
     layer's ``w^T``, an activation's ``diag(phi'(a))``, fused to a row scaling; residual
     blocks), an exact autodiff Jacobian otherwise.
 
@@ -242,7 +242,9 @@ def block_jacobians(
     keys = _keys(key, n)
     if keys is None:
         return jax.vmap(lambda p, h: one(p, None, h))(params, block_inputs(x, hs))
-    return jax.vmap(one)(params, keys, block_inputs(x, hs))
+    # with keys, a sequential map: the "rbg" PRNGs draw other bits under vmap than
+    # unbatched, and the masks must be those of the layer's scanned apply
+    return jax.lax.map(lambda a: one(*a), (params, keys, block_inputs(x, hs)))
 
 
 @full_precision

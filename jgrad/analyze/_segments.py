@@ -8,7 +8,10 @@ Most deep networks repeat one block (an MLP's dense + activation, a residual blo
 consecutive blocks whose traced code (jaxpr), parameter shapes and constants are equal and
 whose input and output shapes agree form a :class:`Run`, swept by ONE ``lax.scan`` over
 their stacked parameters and stored inputs. Compile time then no longer depends on the
-depth, and the loop is no slower than the unrolled code on CPU.
+depth, and the loop is no slower than the unrolled code on CPU. A ``jgrad.nn.repeat``
+layer's blocks become runs straight from slices of its stacked params (nothing is
+stacked in the program), so for a stacked network (``mlp(..., stacked=True)``) nothing in
+the program grows with depth.
 
 :func:`fold` runs a per-block step over the segments in either direction, so each sweep
 is written once for both kinds.

@@ -65,7 +65,8 @@ def output_spectra(
     Raises:
         ValueError: ``x`` not one float example (the message shows the ``vmap``),
             params of another network, an unknown ``svd``, ``train``/``blocks``/
-            ``compress`` not a bool, ``key`` not a PRNG key.
+            ``compress`` not a bool, ``key`` not a PRNG key, or ``blocks=False`` with a
+            repeat layer whose block has several layers (:func:`layer_jacobians`).
     """
     _checks.choice("svd", svd, SVD_WHERE)
     check_sweep_args("output_spectra", net, params, x, blocks, train, key)

@@ -24,7 +24,7 @@ from jgrad.analyze._logspace import (
     safe_log,
     svdvals,
 )
-from jgrad.analyze._network import check_input
+from jgrad.analyze._network import as_layers, check_input, refuse_split_repeats
 from jgrad.analyze._nonfinite import reports_nonfinite
 from jgrad.analyze._precision import full_precision
 from jgrad.analyze._records import Sweep, bad_values, nan_where, product_record
@@ -44,6 +44,7 @@ def check_sweep_args(fn, net, params, x, blocks, train, key):
     _checks.boolean("train", train)
     _checks.prng_key("key", key, optional=True)
     check_input(fn, net, params, x, one_example=True)
+    refuse_split_repeats(as_layers(net)[0], blocks)
 
 
 def masked_products(ys_per_block, bad_h):
@@ -85,7 +86,8 @@ def output_sweep(
     Raises:
         ValueError: ``x`` not one float example (the message shows the ``vmap``),
             params of another network, ``train``/``blocks`` not a bool, ``key`` not a
-            PRNG key.
+            PRNG key, or ``blocks=False`` with a repeat layer whose block has several
+            layers (:func:`layer_jacobians`).
     """
     check_sweep_args("output_sweep", net, params, x, blocks, train, key)
     ys, _, _, bad_h = sweep(
