@@ -314,6 +314,11 @@ def layer_jacobians(
         >>> jac = jgrad.analyze.layer_jacobians(net, params, jax.numpy.linspace(-1, 1, 4))
         >>> [j.shape for j in jac.mats], int(jac.first_nonfinite)
         ([(4, 4), (4, 4), (4, 4)], -1)
+        >>> deep = jgrad.nn.mlp(1000, 4, activation="tanh", stacked=True)
+        >>> _, dp = deep.init(jax.random.key(0), (4,))
+        >>> jac = jgrad.analyze.layer_jacobians(deep, dp, jax.numpy.linspace(-1, 1, 4))
+        >>> [j.shape for j in jac.mats], jac.stacked().shape
+        ([(4, 4), (999, 4, 4)], (1000, 4, 4))
     """
     _checks.boolean("blocks", blocks)
     _checks.boolean("train", train)
