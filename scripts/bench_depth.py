@@ -6,6 +6,9 @@ blocks 2..L one ``jgrad.nn.repeat`` layer, one ``lax.scan``), one example:
 - ``init``: ``net.init`` (one ``vmap`` of the block's init over L - 1 keys), first call
   (tracing included) and the median of repeated calls;
 - ``apply``: ``jax.jit(net.apply)``;
+- the public analyzers on the stacked net, each jitted: ``layer_grad_norms`` (one
+  example), ``layer_jacobians`` + ``log_singular_values`` and ``input_output_spectrum``
+  (defaults: rank compression on);
 - the repeat-layer kernels of ``jgrad.analyze._repeat``, each one jitted program:
   (a) ``forward_trajectory`` (every block output), (b) ``grad_norms`` (log10 ||dL/dh_k||
   and per-parameter norms, one rescaled backward scan), (c) ``block_jacobians`` (the
@@ -15,7 +18,9 @@ blocks 2..L one ``jgrad.nn.repeat`` layer, one ``lax.scan``), one example:
 
 Compile time (``jax.jit(f).lower(...).compile()``) and run time (median of
 ``--repeats`` runs after one warm-up) are reported apart: in the stacked layout the
-compile time should not grow with depth. For comparison, the default layout (one params
+compile time should not grow with depth. For the stacked layout the end-to-end time is
+reported too: the first call of a fresh ``jax.jit(f)`` (trace, compile and run; for
+``init`` its first call), what a user waits for. For comparison, the default layout (one params
 entry per layer, ``mlp(L, N)``) at ``--flat-depths``: ``init``, ``jit(apply)`` and the
 public analyzers ``layer_grad_norms``, ``layer_jacobians`` and ``input_output_spectrum``
 (whose per-layer Python loops and segment stacking grow with depth); an analyzer whose
@@ -63,13 +68,19 @@ def run_time(fn, repeats: int) -> float:
     return statistics.median(ts)
 
 
-def compile_and_run(fn, args, repeats: int) -> dict:
-    """``{"compile_seconds", "run_seconds"}`` of ``jax.jit(fn)`` on ``args``."""
+def compile_and_run(fn, args, repeats: int, end_to_end: bool = False) -> dict:
+    """``{"compile_seconds", "run_seconds"}`` of ``jax.jit(fn)`` on ``args``, and with
+    ``end_to_end`` the first call of a fresh ``jax.jit`` (trace, compile, run) first."""
+    out = {}
+    if end_to_end:
+        t = time.perf_counter()
+        jax.block_until_ready(jax.jit(lambda *a: fn(*a))(*args))
+        out["end_to_end_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     comp = time.perf_counter() - t
     run = run_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
-    return {"compile_seconds": comp, "run_seconds": run}
+    return {**out, "compile_seconds": comp, "run_seconds": run}
 
 
 def time_init(net, width: int, repeats: int) -> dict:
@@ -81,11 +92,34 @@ def time_init(net, width: int, repeats: int) -> dict:
     run = run_time(
         lambda: jax.block_until_ready(net.init(key, (width,))[1]), max(repeats // 2, 1)
     )
-    return {"first_call_seconds": first, "run_seconds": run}, params
+    out = {"first_call_seconds": first, "end_to_end_seconds": first, "run_seconds": run}
+    return out, params
 
 
 def loss(y):
     return jnp.sum(jnp.sin(y))
+
+
+def public_analyzers(net, compress: bool = True):
+    """(stage, fn(params, x)) of the public analyzers timed on both layouts."""
+    return (
+        (
+            "layer_grad_norms",
+            lambda p, v: analyze.layer_grad_norms(net, p, v, loss).log10_norm,
+        ),
+        (
+            "layer_jacobians + log_singular_values",
+            lambda p, v: analyze.log_singular_values(
+                analyze.layer_jacobians(net, p, v)
+            ),
+        ),
+        (
+            "input_output_spectrum",
+            lambda p, v: (
+                analyze.input_output_spectrum(net, p, v, compress=compress).log_sv
+            ),
+        ),
+    )
 
 
 def stacked_rows(depth: int, width: int, repeats: int) -> list[dict]:
@@ -93,7 +127,11 @@ def stacked_rows(depth: int, width: int, repeats: int) -> list[dict]:
     timing, params = time_init(net, width, repeats)
     rows = [{"stage": "init", **timing}]
     x = jnp.asarray(np.random.default_rng(0).normal(size=width), jnp.float32)
-    rows.append({"stage": "apply", **compile_and_run(net.apply, (params, x), repeats)})
+    rows.append(
+        {"stage": "apply", **compile_and_run(net.apply, (params, x), repeats, True)}
+    )
+    for stage, fn in public_analyzers(net):
+        rows.append({"stage": stage, **compile_and_run(fn, (params, x), repeats, True)})
     block, p = net.layers[2].info.block, params[2]
     h1 = net.layers[1].apply(params[1], net.layers[0].apply(params[0], x))
     g = jax.grad(loss)(net.apply(params, x))
@@ -136,22 +174,7 @@ def flat_rows(
     rows = [{"stage": "init", **timing}]
     x = jnp.asarray(np.random.default_rng(0).normal(size=width), jnp.float32)
     rows.append({"stage": "apply", **compile_and_run(net.apply, (params, x), repeats)})
-    for stage, fn in (
-        (
-            "layer_grad_norms",
-            lambda p, v: analyze.layer_grad_norms(net, p, v, loss).log10_norm,
-        ),
-        (
-            "layer_jacobians + log_singular_values",
-            lambda p, v: analyze.log_singular_values(
-                analyze.layer_jacobians(net, p, v)
-            ),
-        ),
-        (
-            "input_output_spectrum",
-            lambda p, v: analyze.input_output_spectrum(net, p, v, compress=False),
-        ),
-    ):
+    for stage, fn in public_analyzers(net, compress=False):
         if stage in seen:
             d0, c0 = seen[stage]
             estimate = c0 * depth / d0
@@ -207,8 +230,11 @@ def main(argv=None):
             comp = row.get("compile_seconds", row.get("first_call_seconds"))
             kind = "compile" if "compile_seconds" in row else "first call"
             run_ms = 1e3 * row["run_seconds"]
+            e2e = row.get("end_to_end_seconds")
+            tail = "" if e2e is None else f"   end to end {e2e:8.3f} s"
             print(
-                f"{head} {kind:>10s} {comp:8.3f} s   run {run_ms:10.3f} ms", flush=True
+                f"{head} {kind:>10s} {comp:8.3f} s   run {run_ms:10.3f} ms{tail}",
+                flush=True,
             )
     end_load = load()
     print(f"load average at the end {end_load}")
