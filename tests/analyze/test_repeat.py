@@ -265,8 +265,8 @@ def test_depth_10000_exact_against_float64_loops():
 
 
 def test_public_spectrum_of_stacked_net_float64(rng):
-    """The public analyzers accept the stacked layout (a repeat layer is one more
-    layer to them): its input-output spectrum is the default layout's."""
+    """The public input-output spectrum of the stacked layout is the default layout's
+    (every public analyzer: test_repeat_public.py)."""
     with jax.enable_x64(True):
         flat, params, stacked, sp, _ = _nets(5, 6, 4, 10, jnp.float64, out_dim=3)
         x = jnp.asarray(rng.normal(size=4))
