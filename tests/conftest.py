@@ -31,3 +31,24 @@ def getkey():
 def rng():
     """A NumPy generator with a fixed seed, for reference data."""
     return np.random.default_rng(20261122)
+
+
+# Parametrized cases whose cost (mostly compiling) puts them in `make test-slow`; the other
+# cases of the same tests stay in `make test`. Whole tests carry @pytest.mark.slow instead.
+SLOW_CASES = {
+    "tests/analyze/test_sweeps.py::test_matrix_free_norms_are_exact_with_full_spaces[3-2]",
+    "tests/analyze/test_segments.py::test_every_sweep_is_the_same_with_and_without_runs[kw2]",
+    "tests/rnn/test_fast.py::test_gradients_equal_in_float64[lstm]",
+    "tests/rnn/test_fast.py::test_an_ensemble_under_vmap_equals_each_model[lstm]",
+    "tests/analyze/test_nonfinite.py::test_all_finite_gives_no_record_and_no_warning"
+    "[output_norms_matrix_free]",
+    "tests/analyze/test_repeat_public.py::test_sweeps_equal_default_layout_float64"
+    "[output_norms_matrix_free-tanh]",
+    "tests/analyze/test_repeat_public.py::test_nan_in_block_j_is_reported_at_block_j[0]",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid in SLOW_CASES:
+            item.add_marker(pytest.mark.slow)

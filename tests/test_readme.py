@@ -6,6 +6,7 @@ import pathlib
 import re
 
 import jax
+import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -40,6 +41,7 @@ def test_readme_rnn_example_runs():
     assert bool(jax.numpy.isfinite(namespace["grads"]["w_hh"]).all())
 
 
+@pytest.mark.slow
 def test_readme_analyze_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 3, "README has no analyzer example"

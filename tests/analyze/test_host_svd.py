@@ -54,6 +54,7 @@ def test_a_non_finite_matrix_gives_nan_and_leaves_the_others(rng):
         )
 
 
+@pytest.mark.slow
 def test_spectrum_functions_with_host_svd_equal_the_device_path(getkey):
     with jax.enable_x64(True):
         net = nn.mlp(5, 7, activation="tanh", weight_var=1.5, bias_var=0.05)
@@ -129,6 +130,7 @@ def test_host_svdvals_derivatives_are_the_device_svds(rng):
         assert np.all(np.asarray(s) > 0)
 
 
+@pytest.mark.slow
 def test_auto_takes_the_host_for_large_matrices_with_the_same_values(getkey):
     from jgrad.analyze._logspace import HOST_SVD_MIN, svd_where
 

@@ -191,6 +191,7 @@ _ARCH["out_dim"] = st.one_of(st.none(), st.integers(1, 16))
 # Each example costs one XLA compilation (~1 s): 8 here, 60 in the slow test.
 @settings(max_examples=8, deadline=None)
 @given(**_ARCH)
+@pytest.mark.slow
 def test_mlp_product_and_spectrum_match_jacrev(
     depth, width, in_dim, out_dim, act, residual, norm, blocks, seed
 ):
@@ -479,6 +480,7 @@ def test_batch_norm_train_needs_batch_jacobian(getkey, rng):
     assert len(layer_jacobians(net, params, xs[0]).mats) == 3
 
 
+@pytest.mark.slow
 def test_batch_norm_train_batch_jacobian_matches_jacrev(getkey, rng):
     b, n = 4, 3
     net = _bn_net()
@@ -587,6 +589,7 @@ def test_layer_jacobians_errors(rng):
 # 10. vmap over examples and jit.
 
 
+@pytest.mark.slow
 def test_vmap_and_jit_match_loop(getkey, rng):
     # one residual block with layer norm (autodiff fallback under vmap) and a readout
     net = nn.mlp(1, 4, activation="gelu", residual=True, norm="layer", out_dim=4)

@@ -6,6 +6,7 @@ NumPy's SVD and eigendecompositions."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jgrad import nn
 from jgrad.analyze import _estimates, _lanczos, _ritz, _segments
@@ -131,6 +132,7 @@ def test_lanczos_top_is_exact_with_full_steps_and_a_lower_bound_before(getkey):
         assert np.all(np.asarray(low) <= ref * (1 + 1e-12))
 
 
+@pytest.mark.slow
 def test_krylov_space_spans_the_block_krylov_space_of_the_weighted_sum(getkey, rng):
     """Q from krylov_space against NumPy: the span of ``U, A U, A^2 U`` for
     ``A = sum_l P_l P_l^T / c_l``, ``c_l = (size(y) / k) ||U P_l||_F^2`` over the
@@ -349,6 +351,7 @@ def test_summarise_concatenates_the_groups_deepest_first(rng):
         assert s.mean_sq_rel_err.shape == (5,)
 
 
+@pytest.mark.slow
 def test_tail_starts_are_the_top_right_singular_vectors_of_q_p(getkey, rng):
     """Through the real steps (Krylov space, near pull, summaries) on a width-10 MLP:
     each tail product's start vector is NumPy's top right singular vector of

@@ -138,6 +138,7 @@ def test_compressed_spectrum_equals_float64_and_the_uncompressed_sweep(chaotic):
         assert np.all(f[~np.isfinite(g)] < f[0] + np.log(1e-4))
 
 
+@pytest.mark.slow
 def test_every_layer_spectrum_compressed_equals_the_uncompressed_ones(chaotic):
     net, params, xs = chaotic
     got = jax.jit(lambda x: analyze.output_spectra(net, params, x))(xs[0]).log_sv

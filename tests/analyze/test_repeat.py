@@ -42,6 +42,7 @@ def _before(stacked, sp, i, x):
     return x
 
 
+@pytest.mark.slow
 def test_trajectory_and_grad_norms_match_layer_grad_norms_float64(rng):
     with jax.enable_x64(True):
         flat, params, stacked, sp, i = _nets(6, 8, 5, 0, jnp.float64, bias_var=0.2)
@@ -140,6 +141,7 @@ def test_block_jacobians_match_layer_jacobians_float64(kw, rng):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_block_jacobians_autodiff_path_float64(rng):
     """A layer-norm block has no closed form: the autodiff path against jax.jacrev."""
     with jax.enable_x64(True):

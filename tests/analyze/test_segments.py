@@ -49,6 +49,7 @@ def test_identical_blocks_form_one_run_and_the_cut_splits_it(getkey):
     assert _kinds(_segs(net2, p2, x[:1].repeat(6))) == [("run", 4), "block"]
 
 
+@pytest.mark.slow
 def test_blocks_that_differ_are_not_merged(getkey):
     # different activations, a width change, and functions closing over different
     # constant arrays (the same code, so only the constants tell them apart)

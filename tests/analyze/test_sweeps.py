@@ -101,6 +101,7 @@ def test_output_spectra_equal_numpy_svd_of_jacrev(getkey):
         np.testing.assert_allclose(io, ref, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_conv_net_uses_generic_linearization(getkey):
     with jax.enable_x64(True):
         net = nn.serial(
@@ -118,6 +119,7 @@ def test_conv_net_uses_generic_linearization(getkey):
         np.testing.assert_allclose(sweep[0].value(), full, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_deep_float32_sweep_neither_underflows_nor_loses_the_top_spectrum(getkey):
     # Depth 150 sigmoid: ||dy/dx|| ~ 1e-100, far below float32's 1e-45.
     net = nn.mlp(150, 16, activation="sigmoid", init="standard_uniform")
@@ -322,6 +324,7 @@ def test_bad_input(getkey):
     assert jgrad.analyze.output_sweep(net, params, x).products[0].matrix.shape == (4, 4)
 
 
+@pytest.mark.slow
 def test_output_norms_exact_mean_square_and_lanczos_spectral_norm(getkey):
     with jax.enable_x64(True):
         net = nn.mlp(5, 6, activation="tanh", weight_var=1.8, bias_var=0.1, out_dim=4)
@@ -403,6 +406,7 @@ def _check_top2(cases, top2):
         np.testing.assert_allclose(np.linalg.norm(vec), 1.0, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_lanczos_left_spans_the_space_and_stops_on_the_residual(rng):
     """lanczos_left on an explicit matrix: with as many steps as rows it is exact;
     with a loose tolerance it stops early, below sigma_max^2 but within the residual
@@ -478,6 +482,7 @@ def test_top_eig_matches_numpy_and_never_exceeds_the_top(rng):
             assert float(val) >= top2 - 1e-5
 
 
+@pytest.mark.slow
 def test_a_dead_relu_layer_gives_minus_inf_not_nan(getkey):
     """Block 1 of a ReLU MLP with every pre-activation negative: the products through
     it (d y / d h_0, d y / d h_1) are exactly zero. The sweeps' scale then carries
