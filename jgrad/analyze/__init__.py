@@ -10,7 +10,8 @@ Every analyzer result carries ``nonfinite``, a ``NonFinite(forward, backward)`` 
 where its values first went NaN or inf (data that survives ``jit`` and ``vmap``; eager
 calls also warn with ``NonFiniteWarning``); values computed from a NaN or inf are NaN,
 ``-inf`` only for an exact zero. ``input_output_spectrum`` and ``output_spectra`` return a
-``Spectrum(log_sv, nonfinite)``, ``output_sweep`` a ``Sweep(products, nonfinite)``. The
+``Spectrum(log_sv, nonfinite)``, ``output_sweep`` a ``Sweep(products, nonfinite)``,
+``lyapunov_spectrum`` a ``Lyapunov(exponents, nonfinite)``. The
 rules and how the indices count: docs/api.md, "Non-finite values".
 
 Feedforward networks (``net, params, x``):
@@ -55,8 +56,8 @@ Recurrent cells (``cell, params, xs, carry0``):
   -> one reverse scan (or an associative scan), rescaled.
 - gradient norm through time of dL/ds_t -> ``rnn_grad_norms`` (a ``TimeGradFlow``) -> one
   backward scan; exact, never underflows.
-- Lyapunov spectrum -> ``lyapunov_spectrum`` -> k JVPs and one QR per step; converges as
-  T grows.
+- Lyapunov spectrum -> ``lyapunov_spectrum`` (a ``Lyapunov``) -> k JVPs and one QR per
+  step; converges as T grows.
 - Pascanu et al.'s bound gamma * ||W_hh||_2 next to the measured rate -> ``pascanu_bound``
   (a ``PascanuBound``) -> the products over time and their spectra; vanilla cells only.
 - a carry as the flat state vector s, and back -> ``flatten_carry``, ``unflatten_carry``
@@ -77,32 +78,49 @@ from jgrad.analyze._jacobians import Jacobians as Jacobians
 from jgrad.analyze._jacobians import jacobian as jacobian
 from jgrad.analyze._jacobians import layer_jacobians as layer_jacobians
 from jgrad.analyze._logspace import LogMatrix as LogMatrix
+from jgrad.analyze._nonfinite import NonFinite as NonFinite
+from jgrad.analyze._nonfinite import NonFiniteWarning as NonFiniteWarning
+from jgrad.analyze._norms import OutputNorms as OutputNorms
+from jgrad.analyze._norms import output_norms as output_norms
 from jgrad.analyze._products import input_products as input_products
 from jgrad.analyze._products import jacobian_product as jacobian_product
 from jgrad.analyze._products import log_abs_det as log_abs_det
 from jgrad.analyze._products import log_singular_values as log_singular_values
 from jgrad.analyze._products import output_products as output_products
+from jgrad.analyze._records import Spectrum as Spectrum
+from jgrad.analyze._records import Sweep as Sweep
 from jgrad.analyze._rnn import TimeGradFlow as TimeGradFlow
 from jgrad.analyze._rnn import flatten_carry as flatten_carry
 from jgrad.analyze._rnn import rnn_grad_norms as rnn_grad_norms
 from jgrad.analyze._rnn import rnn_jacobian_products as rnn_jacobian_products
 from jgrad.analyze._rnn import rnn_step_jacobians as rnn_step_jacobians
 from jgrad.analyze._rnn import unflatten_carry as unflatten_carry
+from jgrad.analyze._rnn_rates import Lyapunov as Lyapunov
 from jgrad.analyze._rnn_rates import PascanuBound as PascanuBound
 from jgrad.analyze._rnn_rates import lyapunov_spectrum as lyapunov_spectrum
 from jgrad.analyze._rnn_rates import pascanu_bound as pascanu_bound
+from jgrad.analyze._spectra import input_output_spectrum as input_output_spectrum
+from jgrad.analyze._spectra import output_spectra as output_spectra
 from jgrad.analyze._stats import SpectrumStats as SpectrumStats
 from jgrad.analyze._stats import spectrum_density as spectrum_density
 from jgrad.analyze._stats import spectrum_stats as spectrum_stats
+from jgrad.analyze._sweep import output_sweep as output_sweep
 
 __all__ = [
     "GradFlow",
     "Jacobians",
     "LogMatrix",
+    "Lyapunov",
+    "NonFinite",
+    "NonFiniteWarning",
+    "OutputNorms",
     "PascanuBound",
+    "Spectrum",
     "SpectrumStats",
+    "Sweep",
     "TimeGradFlow",
     "flatten_carry",
+    "input_output_spectrum",
     "input_products",
     "jacobian",
     "jacobian_product",
@@ -112,7 +130,10 @@ __all__ = [
     "log_singular_values",
     "lyapunov_spectrum",
     "net_layers",
+    "output_norms",
     "output_products",
+    "output_spectra",
+    "output_sweep",
     "pascanu_bound",
     "rnn_grad_norms",
     "rnn_jacobian_products",
@@ -121,28 +142,3 @@ __all__ = [
     "spectrum_stats",
     "unflatten_carry",
 ]
-
-from jgrad.analyze._norms import OutputNorms as OutputNorms  # noqa: E402
-from jgrad.analyze._norms import output_norms as output_norms  # noqa: E402
-from jgrad.analyze._spectra import input_output_spectrum as input_output_spectrum  # noqa: E402
-from jgrad.analyze._spectra import output_spectra as output_spectra  # noqa: E402
-from jgrad.analyze._sweep import output_sweep as output_sweep  # noqa: E402
-
-__all__ += [
-    "OutputNorms",
-    "input_output_spectrum",
-    "output_norms",
-    "output_spectra",
-    "output_sweep",
-]
-
-from jgrad.analyze._rnn_rates import Lyapunov as Lyapunov  # noqa: E402
-
-__all__ += ["Lyapunov"]
-
-from jgrad.analyze._nonfinite import NonFinite as NonFinite  # noqa: E402
-from jgrad.analyze._nonfinite import NonFiniteWarning as NonFiniteWarning  # noqa: E402
-from jgrad.analyze._records import Spectrum as Spectrum  # noqa: E402
-from jgrad.analyze._records import Sweep as Sweep  # noqa: E402
-
-__all__ += ["NonFinite", "NonFiniteWarning", "Spectrum", "Sweep"]
