@@ -82,10 +82,10 @@ from jgrad.analyze._nonfinite import NonFinite as NonFinite
 from jgrad.analyze._nonfinite import NonFiniteWarning as NonFiniteWarning
 from jgrad.analyze._norms import OutputNorms as OutputNorms
 from jgrad.analyze._norms import output_norms as output_norms
+from jgrad.analyze._product_spectra import log_abs_det as log_abs_det
+from jgrad.analyze._product_spectra import log_singular_values as log_singular_values
 from jgrad.analyze._products import input_products as input_products
 from jgrad.analyze._products import jacobian_product as jacobian_product
-from jgrad.analyze._products import log_abs_det as log_abs_det
-from jgrad.analyze._products import log_singular_values as log_singular_values
 from jgrad.analyze._products import output_products as output_products
 from jgrad.analyze._records import Spectrum as Spectrum
 from jgrad.analyze._records import Sweep as Sweep

@@ -219,9 +219,10 @@ def block_jacobians(
 ) -> jax.Array:
     """Every block's Jacobian ``J_k = d h_k / d h_(k-1)`` of a repeat layer, stacked.
 
-    Vmapped over the blocks (mapped in sequence with a ``key``): closed forms where ``layer_jacobians`` has them (a dense
-    layer's ``w^T``, an activation's ``diag(phi'(a))``, fused to a row scaling; residual
-    blocks), an exact autodiff Jacobian otherwise.
+    Vmapped over the blocks (mapped in sequence with a ``key``): closed forms where
+    ``layer_jacobians`` has them (a dense layer's ``w^T``, an activation's
+    ``diag(phi'(a))``, fused to a row scaling; residual blocks), an exact autodiff Jacobian
+    otherwise.
 
     Args:
         block, params, x, train, key: as :func:`forward_trajectory`.

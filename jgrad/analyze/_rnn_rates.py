@@ -36,7 +36,7 @@ from jgrad.analyze._nonfinite import (
     reports_nonfinite,
 )
 from jgrad.analyze._precision import full_precision
-from jgrad.analyze._products import log_singular_values
+from jgrad.analyze._product_spectra import log_singular_values
 from jgrad.analyze._rnn import _time_products, flatten_carry, step_fn
 from jgrad.rnn._cell import Cell, carry_like_step
 from jgrad.rnn._unroll import _validate
