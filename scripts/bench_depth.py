@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import jax
@@ -49,7 +48,7 @@ import numpy as np
 import jgrad
 from jgrad import analyze
 from jgrad.analyze import _repeat
-from jgrad.experiments._bench import device_label, write_results
+from jgrad.experiments._bench import device_label, median_time, write_results
 
 
 def load() -> list[float]:
@@ -59,13 +58,7 @@ def load() -> list[float]:
 
 def run_time(fn, repeats: int) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    return median_time(fn, repeats)[0]
 
 
 def compile_and_run(fn, args, repeats: int, end_to_end: bool = False) -> dict:
