@@ -157,3 +157,17 @@ def test_help_states_defaults_as_defaults(capsys):
     ]:
         assert option in text and default in text, option
     assert "demo.pdf" in text
+
+
+def test_python_dash_m_jgrad_is_the_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "jgrad", "demo", "--every", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "argument --every" in out.stderr and "got 0" in out.stderr
