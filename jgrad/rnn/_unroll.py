@@ -231,7 +231,25 @@ def bidirectional(
 
     Returns:
         ``((final_fw, final_bw), ys)`` with ``ys`` (T, H_fw + H_bw).
+
+    Raises:
+        ValueError: ``params`` or ``carries0`` not a pair (and as :func:`unroll` for
+            each direction).
     """
+    for name, pair, what in (
+        ("params", params, "(params_fw, params_bw)"),
+        ("carries0", carries0, "(carry_fw, carry_bw)"),
+    ):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            got = (
+                f"a {type(pair).__name__} of length {len(pair)}"
+                if isinstance(pair, (tuple, list))
+                else f"a {type(pair).__name__}"
+            )
+            raise ValueError(
+                f"`{name}` must be a pair {what}, one per direction, got {got}. Pass "
+                f"e.g. {name}=({what.strip('()')})."
+            )
     f_fw, y_fw = _run(
         cell_fw, params[0], xs, carries0[0], seq_length=seq_length, unroll=unroll
     )

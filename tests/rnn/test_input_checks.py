@@ -233,3 +233,19 @@ def test_lengths_array_given_to_unroll_refused(rng):
         np.testing.assert_allclose(np.asarray(final.h[b]), np.asarray(ref.h), rtol=1e-5)
         np.testing.assert_allclose(np.asarray(ys[b, :n]), np.asarray(ref_ys), rtol=1e-5)
         assert np.all(np.asarray(ys[b, n:]) == 0)
+
+
+def test_bidirectional_refuses_params_or_carries_that_are_not_pairs():
+    cell = rnn.lstm(4)
+    p = cell.init(jax.random.key(0), 3)
+    xs = jax.random.normal(jax.random.key(1), (5, 3))
+    carries = (cell.init_carry(), cell.init_carry())
+    with pytest.raises(ValueError, match=r"`params` must be a pair.*got a dict"):
+        rnn.bidirectional(cell, cell, p, xs, carries)
+    with pytest.raises(ValueError, match=r"`carries0` must be a pair.*length 1"):
+        rnn.bidirectional(cell, cell, (p, p), xs, carries[:1])
+    # a pair runs both directions: the reverse half equals unroll(reverse=True)
+    _, ys = rnn.bidirectional(cell, cell, (p, p), xs, carries)
+    _, ref = rnn.unroll(cell, p, xs, cell.init_carry(), reverse=True)
+    assert ys.shape == (5, 8)
+    assert jnp.allclose(ys[:, 4:], ref, rtol=1e-6, atol=1e-6)
