@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jgrad import _checks
+from jgrad.analyze import _foreign, _linen
 from jgrad.nn._layer import Layer, check_info
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "check_input",
     "check_params_shapes",
     "example_rank",
+    "network_apply",
     "num_blocks",
     "refuse_split_repeats",
     "resolve_net",
@@ -50,43 +52,6 @@ class Network(NamedTuple):
     ends: tuple[int, ...]
 
 
-def _flax_layer(module) -> Layer:
-    def init(key, in_shape):
-        variables = module.init(key, jnp.zeros(tuple(in_shape), jnp.float32))
-        out = jax.eval_shape(module.apply, variables, jnp.zeros(tuple(in_shape)))
-        return tuple(out.shape), variables
-
-    def apply(params, x, *, train=False, key=None, return_state=False):
-        del train, key
-        y = module.apply(params, x)
-        return (y, params) if return_state else y
-
-    return Layer(init, apply)
-
-
-def _callable_layer(fn) -> Layer:
-    def init(key, in_shape):
-        # not a ValueError: check_params_shapes skips a network it cannot init
-        raise NotImplementedError(
-            "a plain function in `net` has no init; pass its params yourself."
-        )
-
-    def apply(params, x, *, train=False, key=None, return_state=False):
-        del train, key
-        y = fn(params, x)
-        return (y, params) if return_state else y
-
-    return Layer(init, apply)
-
-
-def _is_flax_module(obj) -> bool:
-    try:
-        import flax.linen as nn
-    except ImportError:  # pragma: no cover - flax is a core dependency
-        return False
-    return isinstance(obj, nn.Module)
-
-
 def as_layers(net: Any) -> tuple[tuple[Layer, ...], tuple[int, ...]]:
     """The layers of ``net`` (see the module docstring) and the indices of the layers that
     end a block (every layer, unless ``net`` is a serial network that declares them).
@@ -100,27 +65,83 @@ def as_layers(net: Any) -> tuple[tuple[Layer, ...], tuple[int, ...]]:
         if net.info.kind == "serial":
             return net.info.layers, net.info.block_ends
         return (net,), (0,)
+    adapter = _foreign.find(net)
+    if adapter is not None:
+        layers = adapter.layers(net)
+        return layers, tuple(range(len(layers)))
     if isinstance(net, (tuple, list)) and net:
         out = []
         for i, item in enumerate(net):
             if isinstance(item, Layer):
                 check_info(item, f"net[{i}]")
                 out.append(item)
-            elif _is_flax_module(item):
-                out.append(_flax_layer(item))
-            elif callable(item):
-                out.append(_callable_layer(item))
-            else:
+                continue
+            layer = _linen.item_layer(item)
+            if layer is None:
                 raise ValueError(
-                    f"`net[{i}]` must be a jgrad.nn.Layer, a flax.linen.Module or a function "
-                    f"fn(params, x), got {type(item).__name__}."
+                    f"`net[{i}]` must be a jgrad.nn.Layer, a flax.linen.Module or a "
+                    f"function fn(params, x), got {type(item).__name__}."
                 )
+            out.append(layer)
         return tuple(out), tuple(range(len(out)))
+    if callable(net) and not isinstance(net, (tuple, list)):
+        return (_foreign.function_layer(net),), (0,)
     raise ValueError(
-        f"`net` must be a jgrad.nn.Layer or a non-empty sequence of Layers / flax modules / "
-        f"functions fn(params, x), got {type(net).__name__}. Build it with "
-        "jgrad.nn.serial(...) or jgrad.nn.mlp(...)."
+        f"`net` must be one of: {_foreign.FORMS}; got {type(net).__name__}. Build a "
+        "jgrad network with jgrad.nn.serial(...) or jgrad.nn.mlp(...)."
     )
+
+
+def _layer_params(net: Any, layers: tuple[Layer, ...], params: Any) -> Any:
+    """The params as one entry per layer: a foreign model's converted by its adapter,
+    a list's linen items' variables converted (a Dense's to ``{"w", "b"}``), a function
+    net's or a single Layer's wrapped in a one-entry tuple."""
+    adapter = _foreign.find(net)
+    if isinstance(params, (tuple, list)) and len(params) == len(layers):
+        if adapter is not None:
+            return params  # converted already (one entry per layer)
+    elif adapter is not None:
+        return adapter.params(net, params)
+    if isinstance(net, (tuple, list)):
+        if isinstance(params, (tuple, list)) and len(params) == len(net):
+            return tuple(
+                p if isinstance(item, Layer) else _linen.item_params(item, p, f"params[{i}]")
+                for i, (item, p) in enumerate(zip(net, params, strict=True))
+            )
+        return params
+    if not isinstance(net, Layer) or net.info.kind != "serial":
+        if not (isinstance(params, (tuple, list)) and len(params) == 1):
+            return (params,)
+    return params
+
+
+def network_apply(net: Any, params: Any):
+    """``(apply, params)``: ``apply(params, x, *, train=False, key=None) -> y`` runs the
+    whole network (any form :func:`as_layers` accepts), ``params`` one entry per layer
+    (converted as :func:`resolve_net` does). ``key`` is split once per layer as
+    ``serial`` does."""
+    layers, _ = as_layers(net)
+    params = _layer_params(net, layers, params)
+    _check_len(layers, params)
+
+    def apply(params, x, *, train=False, key=None):
+        keys = [None] * len(layers) if key is None else jax.random.split(key, len(layers))
+        for layer, p, k in zip(layers, params, keys, strict=True):
+            x = layer.apply(p, x, train=train, key=k)
+        return x
+
+    return apply, params
+
+
+def _check_len(layers, params) -> None:
+    if not isinstance(params, (tuple, list)) or len(params) != len(layers):
+        got = (
+            len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+        )
+        raise ValueError(
+            f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
+            "params returned by net.init."
+        )
 
 
 def resolve_net(net: Any, params: Any, blocks: bool) -> Network:
@@ -134,20 +155,8 @@ def resolve_net(net: Any, params: Any, blocks: bool) -> Network:
     """
     _checks.boolean("blocks", blocks)
     layers, ends = as_layers(net)
-    if (
-        isinstance(net, Layer)
-        and net.info.kind != "serial"
-        and not (isinstance(params, (tuple, list)) and len(params) == 1)
-    ):
-        params = (params,)
-    if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-        got = (
-            len(params) if isinstance(params, (tuple, list)) else type(params).__name__
-        )
-        raise ValueError(
-            f"`params` must have one entry per layer ({len(layers)}), got {got}. Pass the "
-            "params returned by net.init."
-        )
+    params = _layer_params(net, layers, params)
+    _check_len(layers, params)
     ends = set(range(len(layers))) if not blocks else set(ends)
     for i, layer in enumerate(layers):  # a repeat layer is a block of its own
         if layer.info.kind == "repeat":
@@ -323,7 +332,6 @@ def check_input(fn: str, net: Any, params: Any, x: Any, *, one_example: bool) ->
             "example."
         )
     in_shape = shape[-rank:] if rank is not None and len(shape) >= rank else shape
+    params = _layer_params(net, layers, params)
     if isinstance(params, (tuple, list)) and len(params) == len(layers):
         check_params_shapes(layers, params, in_shape)
-    elif len(layers) == 1:
-        check_params_shapes(layers, (params,), in_shape)

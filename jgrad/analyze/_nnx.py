@@ -1,0 +1,1 @@
+"""Placeholder: adapters registered here in a later commit."""
