@@ -78,6 +78,8 @@ from jgrad.analyze._jacobians import Jacobians as Jacobians
 from jgrad.analyze._jacobians import jacobian as jacobian
 from jgrad.analyze._jacobians import layer_jacobians as layer_jacobians
 from jgrad.analyze._logspace import LogMatrix as LogMatrix
+from jgrad.analyze._module_flow import ModuleGradFlow as ModuleGradFlow
+from jgrad.analyze._module_flow import module_grad_norms as module_grad_norms
 from jgrad.analyze._nonfinite import NonFinite as NonFinite
 from jgrad.analyze._nonfinite import NonFiniteWarning as NonFiniteWarning
 from jgrad.analyze._norms import OutputNorms as OutputNorms
@@ -111,6 +113,7 @@ __all__ = [
     "Jacobians",
     "LogMatrix",
     "Lyapunov",
+    "ModuleGradFlow",
     "NonFinite",
     "NonFiniteWarning",
     "OutputNorms",
@@ -129,6 +132,7 @@ __all__ = [
     "log_abs_det",
     "log_singular_values",
     "lyapunov_spectrum",
+    "module_grad_norms",
     "net_layers",
     "output_norms",
     "output_products",

@@ -179,12 +179,61 @@ def _whole_params(net, params) -> tuple:
     return (variables_of(params),)
 
 
+def _run(model, variables, x, select, eps, names=None):
+    """``model.apply(variables, x)`` with ``eps[i]`` added to the output of the i-th
+    selected submodule call (in the order the calls return); ``(y, outs)``. With
+    ``names`` a list, the calls' names are appended to it."""
+    from jgrad.analyze import _module_flow  # imports the analyzers: not at load time
+
+    outs, counts = [], {}
+
+    def intercept(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        module = context.module
+        if context.method_name != "__call__" or not module.path:
+            return out
+        path = "/".join(str(p) for p in module.path)
+        if not select(path, module):
+            return out
+        n = counts.get(path, 0)
+        counts[path] = n + 1
+        if names is not None:
+            names.append(path if n == 0 else f"{path}#{n}")
+        if eps is not None:
+            out = _module_flow.perturb(out, eps[len(outs)])
+        outs.append(out)
+        return out
+
+    with linen.intercept_methods(intercept):
+        y = model.apply(variables, x)
+    return y, tuple(outs)
+
+
+def _probe(model, params, x, select):
+    from jgrad.analyze import _module_flow
+
+    variables = variables_of(params)
+    rest = {c: v for c, v in variables.items() if c != "params"}
+    names: list[str] = []
+    shapes = jax.eval_shape(
+        lambda p, v: _run(model, {"params": p, **rest}, v, select, None, names)[1],
+        variables["params"],
+        x,
+    )
+
+    def run(p, v, eps):
+        return _run(model, {"params": p, **rest}, v, select, eps)
+
+    return _module_flow.Probe(tuple(names), variables["params"], run, shapes)
+
+
 _foreign.register(
     _foreign.Adapter(
         "flax.linen.Sequential",
         lambda net: isinstance(net, linen.Sequential),
         _foreign.cached_layers(_sequential_layers),
         _sequential_params,
+        _probe,
     )
 )
 _foreign.register(
@@ -193,5 +242,6 @@ _foreign.register(
         is_module,
         _foreign.cached_layers(_whole_layers),
         _whole_params,
+        _probe,
     )
 )

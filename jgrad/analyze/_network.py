@@ -102,10 +102,12 @@ def _layer_params(net: Any, layers: tuple[Layer, ...], params: Any) -> Any:
             return params  # converted already (one entry per layer)
     elif adapter is not None:
         return adapter.params(net, params)
-    if isinstance(net, (tuple, list)):
+    if isinstance(net, (tuple, list)) and not isinstance(net, Layer):
         if isinstance(params, (tuple, list)) and len(params) == len(net):
             return tuple(
-                p if isinstance(item, Layer) else _linen.item_params(item, p, f"params[{i}]")
+                p
+                if isinstance(item, Layer)
+                else _linen.item_params(item, p, f"params[{i}]")
                 for i, (item, p) in enumerate(zip(net, params, strict=True))
             )
         return params
@@ -125,7 +127,9 @@ def network_apply(net: Any, params: Any):
     _check_len(layers, params)
 
     def apply(params, x, *, train=False, key=None):
-        keys = [None] * len(layers) if key is None else jax.random.split(key, len(layers))
+        keys = (
+            [None] * len(layers) if key is None else jax.random.split(key, len(layers))
+        )
         for layer, p, k in zip(layers, params, keys, strict=True):
             x = layer.apply(p, x, train=train, key=k)
         return x
