@@ -71,6 +71,8 @@ Summaries of any spectrum (natural-log singular values):
   values.
 """
 
+from jgrad.analyze._chain import ModuleChain as ModuleChain
+from jgrad.analyze._chain import module_chain as module_chain
 from jgrad.analyze._grad_flow import GradFlow as GradFlow
 from jgrad.analyze._grad_flow import layer_grad_norms as layer_grad_norms
 from jgrad.analyze._grad_flow import net_layers as net_layers
@@ -113,6 +115,7 @@ __all__ = [
     "Jacobians",
     "LogMatrix",
     "Lyapunov",
+    "ModuleChain",
     "ModuleGradFlow",
     "NonFinite",
     "NonFiniteWarning",
@@ -132,6 +135,7 @@ __all__ = [
     "log_abs_det",
     "log_singular_values",
     "lyapunov_spectrum",
+    "module_chain",
     "module_grad_norms",
     "net_layers",
     "output_norms",

@@ -82,7 +82,7 @@ def register(adapter: Adapter) -> Adapter:
 
 def find(net: Any) -> Adapter | None:
     """The adapter for ``net``, or None (a jgrad Layer, a list, or an unknown object)."""
-    from jgrad.analyze import _equinox, _linen, _nnx  # noqa: F401 - they register
+    from jgrad.analyze import _chain, _equinox, _linen, _nnx  # noqa: F401 - they register
 
     if isinstance(net, Layer):
         return None

@@ -563,7 +563,7 @@ def test_layer_jacobians_errors(rng):
     params = _params32(net, (3,), rng)
     x = jnp.linspace(-1.0, 0.7, 3)
     for bad in (3, "mlp", [], None):
-        with pytest.raises(ValueError, match="`net` must be a jgrad.nn.Layer"):
+        with pytest.raises(ValueError, match="`net` must be one of: a jgrad.nn.Layer"):
             layer_jacobians(bad, params, x)
     with pytest.raises(ValueError, match=r"`net\[1\]` must be"):
         layer_jacobians([nn.dense(3), 3], [params[0], {}], x)
