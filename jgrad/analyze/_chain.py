@@ -26,7 +26,6 @@ import flax.linen as linen
 import jax
 import jax.numpy as jnp
 
-from jgrad import _checks
 from jgrad.analyze import _foreign
 from jgrad.analyze._linen import variables_of
 from jgrad.nn._layer import Layer, LayerInfo
@@ -173,7 +172,9 @@ def module_chain(model: Any, in_shape: Any, *, select: Any = None) -> ModuleChai
     if not (
         isinstance(in_shape, (tuple, list))
         and in_shape
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in in_shape)
+        and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in in_shape
+        )
     ):
         raise ValueError(
             f"`in_shape` must be the shape of ONE input example, a non-empty tuple of "
@@ -187,8 +188,10 @@ def module_chain(model: Any, in_shape: Any, *, select: Any = None) -> ModuleChai
 
     def trace(v, x):
         y = _apply(model, v, x, sub=-1, stop=None, h=None, zs=(), record=record)
-        return y, tuple(out for _, _, out in record), tuple(
-            out is y for _, _, out in record
+        return (
+            y,
+            tuple(out for _, _, out in record),
+            tuple(out is y for _, _, out in record),
         )
 
     # the last output's identity with y is a Python bool: read it in the trace
@@ -223,7 +226,9 @@ def module_chain(model: Any, in_shape: Any, *, select: Any = None) -> ModuleChai
         last = len(names) - 1 if stop is None else stop
         run = tuple(dict.fromkeys(names[sub + 1 : last + 1]))
         layers.append(
-            _segment(model, x0, out_shapes, sub, stop, k, len(in_shape), run, submodules)
+            _segment(
+                model, x0, out_shapes, sub, stop, k, len(in_shape), run, submodules
+            )
         )
         runs.append(run)
     chain = ModuleChain(
@@ -295,9 +300,7 @@ def _chain_params(chain: ModuleChain, params: Any) -> tuple:
             f"variables without {missing}. Pass the variables of the model the chain "
             "was built from."
         )
-    return tuple(
-        _restrict(variables, run, set(chain.submodules)) for run in chain.runs
-    )
+    return tuple(_restrict(variables, run, set(chain.submodules)) for run in chain.runs)
 
 
 _foreign.register(
