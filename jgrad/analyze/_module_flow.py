@@ -136,15 +136,41 @@ class ModuleGradFlow:
     nonfinite: NonFinite
 
 
-def _tree_log10_norm(tree) -> jax.Array:
-    leaves = [
+def _float_leaves(tree) -> list:
+    return [
         jnp.ravel(v)
         for v in jax.tree.leaves(tree)
         if jnp.issubdtype(jnp.result_type(v), jnp.inexact)
     ]
-    if not leaves:
-        return jnp.asarray(-jnp.inf)
-    return _log10_norm(jnp.concatenate(leaves))
+
+
+def log10_norms(groups: list[list[jax.Array]]) -> jax.Array:
+    """log10 of the norm of each group of arrays (all entries of the group), as
+    ``_grad_flow._log10_norm`` computes it, in one pass over memory when that is exact.
+
+    The plain sum of squares is exact to rounding when it is finite and larger than
+    ``size * tiny / eps`` (the squares that underflowed add less than one rounding);
+    when every group's is, it is used (one ``lax.cond``), else every norm is computed
+    max-scaled (a second pass). An empty group's norm is 0 (log10: ``-inf``)."""
+    groups = [
+        [jnp.ravel(v) for v in g] or [jnp.zeros((1,), jnp.float32)] for g in groups
+    ]
+    dtype = jnp.result_type(*[v for g in groups for v in g])
+    sums, bounds = [], []
+    for group in groups:
+        size = sum(v.size for v in group)
+        fi = jnp.finfo(jnp.result_type(*group))
+        sums.append(sum(jnp.sum(jnp.square(v)).astype(dtype) for v in group))
+        bounds.append(float(size) * float(fi.tiny) / float(fi.eps))
+    ss = jnp.stack(sums)
+    ok = jnp.all(jnp.isfinite(ss) & (ss > jnp.asarray(bounds, dtype)))
+
+    def scaled():
+        return jnp.stack(
+            [_log10_norm(jnp.concatenate(g)).astype(dtype) for g in groups]
+        )
+
+    return jax.lax.cond(ok, lambda: 0.5 * jnp.log10(ss), scaled)
 
 
 def _tree_finite(tree) -> jax.Array:
@@ -262,7 +288,7 @@ def module_grad_norms(
     )(probe.params, jnp.asarray(x), eps, zeros_like_shapes(y_shape))
     hs = (v, *outs, y)
     gs = (gx, *ge, gy)
-    lg = jnp.stack([_tree_log10_norm(g) for g in gs])
+    lg = log10_norms([_float_leaves(g) for g in gs])
     ff = jnp.stack([_tree_finite(h) for h in hs])
     dep = _from_top(~ff)
     bad = jnp.isnan(lg) | (lg == jnp.inf)
@@ -272,9 +298,12 @@ def module_grad_norms(
     return ModuleGradFlow(
         names=("input", *probe.names, "output"),
         log10_norm=jnp.where(nan, jnp.nan, lg),
-        log10_act_norm=jnp.stack([_tree_log10_norm(h) for h in hs]),
+        log10_act_norm=log10_norms([_float_leaves(h) for h in hs]),
         forward_finite=ff,
         loss=loss,
-        param_log10_norm=jax.tree.map(_log10_norm, gp),
+        param_log10_norm=jax.tree.unflatten(
+            jax.tree.structure(gp),
+            list(log10_norms([[v] for v in jax.tree.leaves(gp)])),
+        ),
         nonfinite=nonfinite_record(first_true(~ff), last_true(new)),
     )
