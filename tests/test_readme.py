@@ -70,3 +70,19 @@ def test_readme_analyze_example_runs():
     assert len(namespace["per_layer"]) == 8 and bool(
         jnp.isfinite(namespace["qr_logdet"])
     )
+
+
+def test_readme_own_model_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 4, "README has no own-model example"
+    namespace = {}
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(blocks[3], str(README), "exec"), namespace)
+    import numpy as np
+
+    flow, chain, spec = namespace["flow"], namespace["chain"], namespace["spec"]
+    assert flow.names[:2] == ("input", "Dense_0") and len(flow.names) == 23
+    # chaotic (weight_var 4): the gradient grows from the output back to the input
+    assert float(flow.log10_norm[0]) > float(flow.log10_norm[-1]) + 0.5
+    assert len(chain.calls) == 21 and bool(np.all(np.isfinite(spec.log_sv)))

@@ -33,6 +33,7 @@ from jgrad.nn._layer import Layer
 __all__ = [
     "Adapter",
     "FORMS",
+    "block_ends",
     "cached_layers",
     "find",
     "function_layer",
@@ -111,6 +112,24 @@ def cached_layers(build: Callable[[Any], tuple[Layer, ...]]):
         return out
 
     return layers
+
+
+def block_ends(layers: tuple[Layer, ...]) -> tuple[int, ...]:
+    """The blocks of a converted chain, as ``jgrad.nn.mlp`` declares its own: a block
+    ends at each activation layer (kind ``"elementwise"``) not followed by another, and
+    at the last layer; with no activation layer, every layer is a block. So a Sequential
+    ``[Dense, tanh, Dense, tanh, Dense]`` has blocks ``dense -> tanh`` (the
+    representations h_l after each activation) and the readout, and ``blocks=False``
+    gives every layer."""
+    kinds = [layer.info.kind for layer in layers]
+    if "elementwise" not in kinds:
+        return tuple(range(len(layers)))
+    ends = [
+        i
+        for i, k in enumerate(kinds[:-1])
+        if k == "elementwise" and kinds[i + 1] != "elementwise"
+    ]
+    return (*ends, len(layers) - 1)
 
 
 def function_layer(fn: Callable) -> Layer:

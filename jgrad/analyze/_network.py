@@ -68,7 +68,7 @@ def as_layers(net: Any) -> tuple[tuple[Layer, ...], tuple[int, ...]]:
     adapter = _foreign.find(net)
     if adapter is not None:
         layers = adapter.layers(net)
-        return layers, tuple(range(len(layers)))
+        return layers, _foreign.block_ends(layers)
     if isinstance(net, (tuple, list)) and net:
         out = []
         for i, item in enumerate(net):
