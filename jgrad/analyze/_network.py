@@ -1,9 +1,11 @@
 """A network as every analyzer sees it: its layers, one params entry per layer, its blocks.
 
 Analyzers accept the same ``net``: a ``jgrad.nn.serial`` network (``mlp``, ``resnet``, ...;
-its ``info.layers`` and ``info.block_ends``), a single Layer, or a non-empty sequence whose
-items are Layers, flax ``linen.Module``s (params entry: the module's variables) or functions
-``fn(params, x) -> y``. :func:`resolve_net` is the one place that reads it.
+its ``info.layers`` and ``info.block_ends``), a single Layer, a model from another library
+(flax linen, flax NNX, equinox, ``module_chain``: converted by the adapters of
+``_foreign``), a function ``fn(params, x)`` (one layer), or a non-empty list whose items are
+Layers, flax ``linen.Module``s (params entry: the module's variables) or functions
+``fn(params, x)``. :func:`resolve_net` is the one place that reads it.
 
 A ``jgrad.nn.repeat`` layer (``mlp(..., stacked=True)``) stands for n blocks: it is
 always a block of its own (a block boundary before and after it), and the analyzers
