@@ -19,6 +19,7 @@ Two routes, by whether the examples interact:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -239,6 +240,29 @@ def _plus(log_n, v):
     return v if log_n is None else v + log_n.astype(v.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("coupled",))
+def _summarize(xs, ys, losses, gp, gx, log_n, *, coupled):
+    """The log10 norms, masked NaN where computed from a non-finite forward value, and
+    the :class:`NonFinite` record. Jitted on its own (arrays in, arrays out), so an
+    eager call compiles it once per shape instead of dispatching every op."""
+    batch = xs.shape[0]
+    in_ok = _row_finite(xs, batch)
+    out_ok = _row_finite(ys, batch) & jnp.isfinite(losses)
+    fwd_ok = in_ok & out_ok
+    if coupled:  # every gradient is computed from the whole batch
+        fwd_ok = jnp.broadcast_to(fwd_ok.all(), (batch,))
+
+    def mask(v):
+        return jnp.where(fwd_ok, v, jnp.nan)
+
+    total = mask(_plus(log_n, _row_log10_norms(gp, batch)))
+    per_leaf = jax.tree.map(lambda g: mask(_plus(log_n, jax.vmap(_log10_norm)(g))), gp)
+    in_norm = mask(_plus(log_n, _row_log10_norms(gx, batch)))
+    forward = jnp.where(in_ok.all(), first_true(~out_ok), first_true(~in_ok))
+    bad = jnp.isnan(total) | jnp.isnan(in_norm)
+    return total, per_leaf, in_norm, nonfinite_record(forward, first_true(bad & fwd_ok))
+
+
 @reports_nonfinite("example")
 @full_precision
 def per_example_grad_norms(
@@ -296,26 +320,13 @@ def per_example_grad_norms(
     apply, ps = network_apply(net, params)
     check_params_shapes(layers, ps, tuple(xs.shape[1:]))
     xs = jnp.asarray(xs)
-    batch = xs.shape[0]
     _check_losses(apply, ps, xs, loss_fn, coupled, train, key)
     route = _coupled if coupled else _uncoupled
     losses, gp, gx, log_n, ys = route(apply, ps, xs, loss_fn, train, key)
 
-    in_ok = _row_finite(xs, batch)
-    out_ok = _row_finite(ys, batch) & jnp.isfinite(losses)
-    fwd_ok = in_ok & out_ok
-    if coupled:  # every gradient is computed from the whole batch
-        fwd_ok = jnp.broadcast_to(fwd_ok.all(), (batch,))
-
-    def mask(v):  # NaN where computed from a non-finite forward value
-        return jnp.where(fwd_ok, v, jnp.nan)
-
-    total = mask(_plus(log_n, _row_log10_norms(gp, batch)))
-    per_leaf = jax.tree.map(lambda g: mask(_plus(log_n, jax.vmap(_log10_norm)(g))), gp)
-    in_norm = mask(_plus(log_n, _row_log10_norms(gx, batch)))
-    forward = jnp.where(in_ok.all(), first_true(~out_ok), first_true(~in_ok))
-    bad = jnp.isnan(total) | jnp.isnan(in_norm)
-    record = nonfinite_record(forward, first_true(bad & fwd_ok))
+    total, per_leaf, in_norm, record = _summarize(
+        xs, ys, losses, gp, gx, log_n, coupled=coupled
+    )
     if _is_function_net(net) and len(per_leaf) == 1 and ps is not params:
         per_leaf = per_leaf[0]  # shaped like the function's own params
     return ExampleGradNorms(total, per_leaf, in_norm, losses, record)
