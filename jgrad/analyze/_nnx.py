@@ -28,7 +28,7 @@ from jgrad.analyze import _foreign
 from jgrad.nn._dense import dense
 from jgrad.nn._layer import Layer
 
-__all__ = ["CallTape", "active_tape", "split_state"]
+__all__ = ["CallTape", "active_tape", "fresh_merge", "split_state"]
 
 
 def _is_float(path, variable) -> bool:
@@ -66,6 +66,13 @@ def split_state(model: Any, params: Any, keep: Any) -> tuple:
     Raises:
         ValueError: ``params`` not an ``nnx.State``, with a path the model does not have,
             or with a value of another shape than the model's.
+
+    Examples:
+        >>> from flax import nnx
+        >>> model = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+        >>> _, params, other = split_state(model, nnx.state(model, nnx.Param), nnx.Param)
+        >>> sorted(params), sorted(other)
+        (['bias', 'scale'], ['mean', 'var'])
     """
     graphdef, kept, other = nnx.split(model, keep, ...)
     if params is None:
@@ -107,6 +114,13 @@ def split_state(model: Any, params: Any, keep: Any) -> tuple:
     return graphdef, pick(kept), pick(other)
 
 
+def fresh_merge(graphdef: Any, *states: Any) -> Any:
+    """``nnx.merge(graphdef, *states)`` on copies of the states' Variables: the model
+    may update its variables (an RNG stream's count) in the current trace, and the
+    caller's states stay untouched."""
+    return nnx.merge(graphdef, *jax.tree.map(lambda a: a, states))
+
+
 def _linear_like(m: Any) -> bool:
     """``m`` is an ``nnx.Linear`` that ``jgrad.nn.dense`` computes exactly."""
     if type(m) is not nnx.Linear or m.bias is None:
@@ -133,11 +147,13 @@ def module_layer(module: Any) -> Layer:
     graphdef, floats, other = nnx.split(module, _is_float, ...)
 
     def run(params, x):
-        return nnx.merge(graphdef, params, other)(x)
+        return fresh_merge(graphdef, params, other)(x)
 
     def init(key, in_shape):
         del key
-        x = jax.ShapeDtypeStruct(tuple(in_shape), jnp.float32)
+        leaves = jax.tree.leaves(floats)
+        dtype = leaves[0].dtype if leaves else jnp.float32  # the module's own
+        x = jax.ShapeDtypeStruct(tuple(in_shape), dtype)
         out = jax.eval_shape(run, floats, x)
         return tuple(out.shape), floats
 
@@ -273,7 +289,7 @@ def _probed_class(cls: type) -> type:
 def _run(graphdef, params, other, x, select, eps, names=None):
     """The model merged from ``(graphdef, params, other)`` run on ``x`` with every
     selected submodule's class swapped for its probed subclass; ``(y, outs)``."""
-    model = nnx.merge(graphdef, params, other)
+    model = fresh_merge(graphdef, params, other)
     swapped = []
     for path, module in list(nnx.iter_modules(model)):
         if not path or not callable(module):

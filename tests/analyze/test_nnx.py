@@ -127,10 +127,10 @@ def test_sequential_every_analyzer_equals_hand_split_float64(getkey):
         def analyze(state, x):
             return (
                 jgrad.analyze.layer_grad_norms(model, state, x, loss_fn),
-                jgrad.analyze.layer_jacobians(model, state, x),
+                jgrad.analyze.layer_jacobians(model, state, x, blocks=False),
                 jgrad.analyze.input_output_spectrum(model, state, x),
-                jgrad.analyze.output_spectra(model, state, x),
-                jgrad.analyze.output_sweep(model, state, x),
+                jgrad.analyze.output_spectra(model, state, x, blocks=False),
+                jgrad.analyze.output_sweep(model, state, x, blocks=False),
             )
 
         flow, jac, spec, spectra, sweep = jax.jit(analyze)(state, x)
