@@ -17,6 +17,7 @@ which adds that call's perturbation ``eps[i]``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -121,16 +122,19 @@ def fresh_merge(graphdef: Any, *states: Any) -> Any:
     return nnx.merge(graphdef, *jax.tree.map(lambda a: a, states))
 
 
+@functools.cache
+def _linear_defaults() -> dict:
+    """``nnx.Linear``'s default ``dot_general`` and ``promote_dtype`` (where it has them)."""
+    params = inspect.signature(nnx.Linear.__init__).parameters
+    names = ("dot_general", "promote_dtype")
+    return {n: params[n].default for n in names if n in params}
+
+
 def _linear_like(m: Any) -> bool:
     """``m`` is an ``nnx.Linear`` that ``jgrad.nn.dense`` computes exactly."""
     if type(m) is not nnx.Linear or m.bias is None:
         return False
-    defaults = inspect.signature(nnx.Linear.__init__).parameters
-    same = all(
-        getattr(m, name, None) is defaults[name].default
-        for name in ("dot_general", "promote_dtype")
-        if name in defaults
-    )
+    same = all(getattr(m, name, None) is f for name, f in _linear_defaults().items())
     return (
         same
         and m.dtype is None
