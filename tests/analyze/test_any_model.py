@@ -116,7 +116,7 @@ def _data(getkey, n_in=N_IN, n_out=N_OUT):
 def test_jgrad_mlp_matches_a_loop_of_jax_grad(getkey):
     """Both routes, on a model whose examples do not interact: each equals the loop
     (so they equal each other)."""
-    net = nn.mlp(2, 6, activation="gelu", out_dim=N_OUT, bias_var=0.1, residual=True)
+    net = nn.mlp(2, 6, activation="tanh", out_dim=N_OUT, bias_var=0.1)
     _, params = net.init(getkey(), (N_IN,))
     with jax.enable_x64(True):
         params = _f64(params)
@@ -165,6 +165,7 @@ def test_flax_sequential_matches_a_loop_of_jax_grad(getkey):
         )
 
 
+@pytest.mark.slow
 def test_flax_module_matches_a_loop_of_jax_grad(getkey):
     model = _MLP()
     with jax.enable_x64(True), default_promotion():
@@ -235,7 +236,7 @@ def _coupled_models(getkey):
     ]
 
 
-@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("which", [0, pytest.param(1, marks=pytest.mark.slow), 2])
 def test_coupled_batch_norm_matches_a_loop_of_jax_grad(which, getkey):
     net, params, apply, train = _coupled_models(getkey)[which]
     with jax.enable_x64(True), default_promotion():
@@ -255,9 +256,6 @@ def test_coupled_batch_norm_matches_a_loop_of_jax_grad(which, getkey):
         _assert_close_or_roundoff(res.param_log10_norm, leaves, res.log10_norm)
         if which == 0:  # the running statistics get no gradient: exactly zero, -inf
             assert np.all(np.asarray(res.param_log10_norm[1]["mean"]) == -np.inf)
-        if which == 1:  # examples interact: running each alone gives other numbers
-            alone = _run(net, params, xs, _loss_fn(t))
-            assert not np.allclose(alone.log10_norm, res.log10_norm, rtol=1e-3)
 
 
 def test_nan_input_is_flagged_at_its_example(getkey):
@@ -281,11 +279,6 @@ def test_nan_input_is_flagged_at_its_example(getkey):
     res = res_coupled
     assert int(res.nonfinite.forward) == 3 and int(res.nonfinite.backward) == -1
     assert np.all(np.isnan(res.log10_norm)) and np.all(np.isnan(res.input_log10_norm))
-    # eager calls warn, naming the example
-    with pytest.warns(
-        NonFiniteWarning, match="forward pass went non-finite.*example 3"
-    ):
-        per_example_grad_norms(net, params, xs, _loss_fn(t))
 
 
 def test_nan_gradient_with_finite_forward_is_flagged_backward(getkey):
@@ -374,10 +367,15 @@ def test_jit_matches_eager_and_traces_once(getkey):
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), got, want
         )
+        # eager calls warn, naming the example (under jit the record is the report)
+        with pytest.warns(NonFiniteWarning, match="forward pass.*at example 3"):
+            per_example_grad_norms(
+                net, params, xs.at[3, 1].set(jnp.nan), _loss_fn(t), coupled=coupled
+            )
 
 
 def _bad_cases():
-    t = jnp.ones((B, N_OUT)) * 0.5
+    t = jnp.linspace(-1.0, 1.0, B * N_OUT).reshape(B, N_OUT)
     good = _loss_fn(t)
     return [
         (dict(xs=[[0.1, 0.2, 0.3]]), "`xs` must be a floating-point array"),
