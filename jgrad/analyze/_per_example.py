@@ -123,7 +123,8 @@ def _check_loss(loss_shape, batch: int) -> None:
     dtype = getattr(loss_shape, "dtype", None)
     if not isinstance(loss_shape, jax.ShapeDtypeStruct) or shape != (batch,):
         got = f"shape {shape}" if hasattr(loss_shape, "shape") else "a pytree"
-        hint = " (a scalar: the batch loss)" if shape == () else ""
+        scalar = hasattr(loss_shape, "shape") and shape == ()
+        hint = " (a scalar: the batch loss)" if scalar else ""
         raise ValueError(
             f"`loss_fn` must return one loss per example, shape ({batch},), got "
             f"{got}{hint}. Return one loss per example, e.g. "
@@ -288,7 +289,9 @@ def per_example_grad_norms(
             (close over the targets). With ``coupled=False``, L_b must depend on
             ``ys[b]`` alone (a sum or mean over the batch is the caller's, outside).
         coupled: False (examples do not interact): each example runs alone; cost about
-            one batch backward pass. True (batch norm in train mode, or any model or
+            one batch backward pass; each dL_b/dy_b is divided by its norm before the
+            backward pass and the norm added back in log space, so a tiny loss
+            gradient does not underflow inside it. True (batch norm in train mode, or any model or
             loss that mixes examples): one forward pass of the whole batch and B
             backward passes (``vmap`` over one-hot cotangents); ``input_log10_norm``
             is then of ``dL_b/dxs``, the whole batch input.
