@@ -144,38 +144,23 @@ def _float_leaves(tree) -> list:
     ]
 
 
-def log10_norms(groups: list[list[jax.Array]]) -> jax.Array:
-    """log10 of the norm of each group of arrays (all entries of the group), as
-    ``_grad_flow._log10_norm`` computes it, in one pass over memory when that is exact.
-
-    The plain sum of squares is exact to rounding when it is finite and larger than
-    ``size * tiny / eps`` (the squares that underflowed add less than one rounding);
-    when every group's is, it is used (one ``lax.cond``), else every norm is computed
-    max-scaled (a second pass). An empty group's norm is 0 (log10: ``-inf``)."""
-    groups = [
-        [jnp.ravel(v) for v in g] or [jnp.zeros((1,), jnp.float32)] for g in groups
-    ]
-    dtype = jnp.result_type(*[v for g in groups for v in g])
+def plain_sums(groups: list[list[jax.Array]]) -> tuple[jax.Array, jax.Array]:
+    """The sum of squares of each group of arrays (one pass, fused with what produced
+    them), and whether every sum is exact to rounding: finite and larger than ``size *
+    tiny / eps`` (then the squares that underflowed add less than one rounding). An
+    empty group's sum is 0 (not exact: its norm is taken the scaled way, ``-inf``)."""
     sums, bounds = [], []
     for group in groups:
-        size = sum(v.size for v in group)
-        fi = jnp.finfo(jnp.result_type(*group))
-        sums.append(sum(jnp.sum(jnp.square(v)).astype(dtype) for v in group))
-        bounds.append(float(size) * float(fi.tiny) / float(fi.eps))
-    ss = jnp.stack(sums)
-    ok = jnp.all(jnp.isfinite(ss) & (ss > jnp.asarray(bounds, dtype)))
-
-    def scaled():
-        return jnp.stack(
-            [_log10_norm(jnp.concatenate(g)).astype(dtype) for g in groups]
+        group = [v for v in group if v.size]
+        dtype = jnp.result_type(*group) if group else jnp.float32
+        fi = jnp.finfo(dtype)
+        sums.append(sum((jnp.sum(jnp.square(v)) for v in group), jnp.zeros((), dtype)))
+        bounds.append(
+            float(sum(v.size for v in group)) * float(fi.tiny) / float(fi.eps)
         )
-
-    return jax.lax.cond(ok, lambda: 0.5 * jnp.log10(ss), scaled)
-
-
-def _tree_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    dtype = jnp.result_type(*sums)
+    ss = jnp.stack([v.astype(dtype) for v in sums])
+    return ss, jnp.all(jnp.isfinite(ss) & (ss > jnp.asarray(bounds, dtype)))
 
 
 def zeros_like_shapes(shapes):
@@ -283,13 +268,37 @@ def module_grad_norms(
         y = perturb(y, e_out)
         return loss_fn(y), (v, outs, y)
 
-    (loss, (v, outs, y)), (gp, gx, ge, gy) = jax.value_and_grad(
-        total, argnums=(0, 1, 2, 3), has_aux=True
-    )(probe.params, jnp.asarray(x), eps, zeros_like_shapes(y_shape))
-    hs = (v, *outs, y)
-    gs = (gx, *ge, gy)
-    lg = log10_norms([_float_leaves(g) for g in gs])
-    ff = jnp.stack([_tree_finite(h) for h in hs])
+    def groups(p, v):
+        """The loss and the arrays whose norms are reported: the gradients, the
+        values, the parameter gradients (one group per entry / leaf)."""
+        (loss, (v, outs, y)), (gp, gx, ge, gy) = jax.value_and_grad(
+            total, argnums=(0, 1, 2, 3), has_aux=True
+        )(p, v, eps, zeros_like_shapes(y_shape))
+        out = [_float_leaves(g) for g in (gx, *ge, gy)]
+        out += [_float_leaves(h) for h in (v, *outs, y)]
+        return loss, out + [[jnp.ravel(g)] for g in jax.tree.leaves(gp)], gp
+
+    x = jnp.asarray(x)
+    loss, arrays, gp = groups(probe.params, x)
+    k = len(probe.names) + 2
+    sums, ok = plain_sums(arrays)
+
+    def rescaled(p, v):  # extreme magnitudes: recompute, norms max-scaled
+        return jnp.stack(
+            [
+                _log10_norm(jnp.concatenate(g)).astype(sums.dtype)
+                if g
+                else jnp.asarray(-jnp.inf, sums.dtype)
+                for g in groups(p, v)[1]
+            ]
+        )
+
+    # the branch takes only the inputs, so nothing computed above is held for it
+    norms = jax.lax.cond(
+        ok, lambda p, v: 0.5 * jnp.log10(sums), rescaled, probe.params, x
+    )
+    lg, act = norms[:k], norms[k : 2 * k]
+    ff = ~jnp.isnan(act)  # NaN exactly where h holds a NaN or inf
     dep = _from_top(~ff)
     bad = jnp.isnan(lg) | (lg == jnp.inf)
     bad = bad.at[-1].set(bad[-1] | ~jnp.isfinite(loss))
@@ -298,12 +307,11 @@ def module_grad_norms(
     return ModuleGradFlow(
         names=("input", *probe.names, "output"),
         log10_norm=jnp.where(nan, jnp.nan, lg),
-        log10_act_norm=log10_norms([_float_leaves(h) for h in hs]),
+        log10_act_norm=act,
         forward_finite=ff,
         loss=loss,
         param_log10_norm=jax.tree.unflatten(
-            jax.tree.structure(gp),
-            list(log10_norms([[v] for v in jax.tree.leaves(gp)])),
+            jax.tree.structure(gp), list(norms[2 * k :])
         ),
         nonfinite=nonfinite_record(first_true(~ff), last_true(new)),
     )

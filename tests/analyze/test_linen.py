@@ -257,3 +257,23 @@ def test_known_activations_equal_jgrad_ones(getkey):
     for fn, name in _activation_table().items():
         act = jgrad.nn.activation(name)
         np.testing.assert_allclose(act.fn(x), fn(x), rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_module_grad_norms_exact_when_squares_underflow(getkey):
+    """Scaling the loss by 1e-30 scales every gradient by 1e-30 (float32: squares of
+    the entries underflow, so the scaled route is taken): log10 norms shift by -30."""
+    model = CompactMLP()
+    x = jax.random.normal(getkey(), (3, 5))
+    v = model.init(getkey(), x)
+
+    def loss(y):
+        return jnp.sum(y**2)
+
+    base = analyze.module_grad_norms(model, v, x, loss)
+    tiny = analyze.module_grad_norms(model, v, x, lambda y: 1e-30 * loss(y))
+    np.testing.assert_allclose(tiny.log10_norm, base.log10_norm - 30, atol=1e-5)
+    np.testing.assert_allclose(tiny.log10_act_norm, base.log10_act_norm, atol=1e-5)
+    leaf = tiny.param_log10_norm["Dense_0"]["kernel"]
+    np.testing.assert_allclose(
+        leaf, base.param_log10_norm["Dense_0"]["kernel"] - 30, atol=1e-5
+    )
