@@ -14,7 +14,9 @@ calls also warn with ``NonFiniteWarning``); values computed from a NaN or inf ar
 ``lyapunov_spectrum`` a ``Lyapunov(exponents, nonfinite)``. The
 rules and how the indices count: docs/api.md, "Non-finite values".
 
-Feedforward networks (``net, params, x``):
+Feedforward networks (``net, params, x``). ``net`` is a jgrad network, a flax linen /
+NNX or equinox model, a function ``fn(params, x)`` or a list of these (docs/api.md, "Your
+own model"):
 
 - gradient norm of dL/dh_k at every layer output, and of dL/dtheta per parameter
   -> ``layer_grad_norms`` (a ``GradFlow``) -> one backward pass; exact, never underflows.
@@ -35,6 +37,13 @@ Feedforward networks (``net, params, x``):
   -> L explicit N x N matrices per example (closed forms for dense and activation
   layers); exact. For spectra and norms of the network the sweeps above are faster.
 - the layers a network is analysed as -> ``net_layers`` -> static, no compute.
+- gradient norm at every submodule call's output and per parameter leaf of a whole flax
+  linen, NNX or equinox model -> ``module_grad_norms`` (a ``ModuleGradFlow``) -> one
+  ``jax.value_and_grad``; exact, one plain backward pass.
+- a linen model as the chain of its submodule calls, for every analyzer here ->
+  ``module_chain`` (a ``ModuleChain``) -> one abstract trace; skip connections refused.
+- per-example gradient norms of any model, batch-coupled ones too ->
+  ``per_example_grad_norms`` -> about one batch backward pass (B when coupled); exact.
 - the Jacobian of any function as a matrix -> ``jacobian`` -> jacrev or jacfwd by shape,
   optionally in chunks; exact.
 
@@ -86,6 +95,10 @@ from jgrad.analyze._nonfinite import NonFinite as NonFinite
 from jgrad.analyze._nonfinite import NonFiniteWarning as NonFiniteWarning
 from jgrad.analyze._norms import OutputNorms as OutputNorms
 from jgrad.analyze._norms import output_norms as output_norms
+from jgrad.analyze._per_example import ExampleGradNorms as ExampleGradNorms
+from jgrad.analyze._per_example import (
+    per_example_grad_norms as per_example_grad_norms,
+)
 from jgrad.analyze._product_spectra import log_abs_det as log_abs_det
 from jgrad.analyze._product_spectra import log_singular_values as log_singular_values
 from jgrad.analyze._products import input_products as input_products
@@ -111,6 +124,7 @@ from jgrad.analyze._stats import spectrum_stats as spectrum_stats
 from jgrad.analyze._sweep import output_sweep as output_sweep
 
 __all__ = [
+    "ExampleGradNorms",
     "GradFlow",
     "Jacobians",
     "LogMatrix",
@@ -143,6 +157,7 @@ __all__ = [
     "output_spectra",
     "output_sweep",
     "pascanu_bound",
+    "per_example_grad_norms",
     "rnn_grad_norms",
     "rnn_jacobian_products",
     "rnn_step_jacobians",

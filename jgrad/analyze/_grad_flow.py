@@ -107,6 +107,14 @@ def _log10_norm(v):
     return jnp.where(jnp.all(jnp.isfinite(v)), lg, jnp.nan)
 
 
+def _param_log(log_scale, v):
+    """log10 ||dL/dtheta|| from a unit-cotangent VJP ``v``; an integer leaf has no
+    gradient (JAX's float0 cotangent): -inf, log10 of its zero gradient."""
+    if v.dtype == jax.dtypes.float0:
+        return jnp.full((), -jnp.inf, log_scale.dtype)
+    return log_scale + jnp.log10(vec_norm(jnp.ravel(v)))
+
+
 def _from_top(flags):
     """``out[k]``: some ``flags[j]`` with j >= k is set."""
     return jnp.cumsum(flags[::-1].astype(jnp.int32))[::-1] > 0
@@ -210,9 +218,7 @@ def layer_grad_norms(
         raw, _ = f(raw)
         g, gp = f(g)
         # dL/dtheta = ||dL/dh_out|| * vjp_theta(unit cotangent): log10 adds.
-        param_logs.append(
-            jax.tree.map(lambda v, s=log_scale: s + jnp.log10(norm(v)), gp)
-        )
+        param_logs.append(jax.tree.map(lambda v, s=log_scale: _param_log(s, v), gp))
         n = norm(g)
         log_scale = log_scale + jnp.log10(n)
         g = jnp.where(n > 0, safe_div(g, n), g)

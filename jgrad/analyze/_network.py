@@ -39,6 +39,18 @@ __all__ = [
 ]
 
 
+class _Resolved(tuple):
+    """Params already one entry per layer (what :func:`resolve_net` returns), so that
+    resolving them again is the identity."""
+
+    __slots__ = ()
+
+
+jax.tree_util.register_pytree_node(
+    _Resolved, lambda t: (tuple(t), None), lambda _, children: _Resolved(children)
+)
+
+
 class Network(NamedTuple):
     """A resolved network.
 
@@ -98,12 +110,13 @@ def _layer_params(net: Any, layers: tuple[Layer, ...], params: Any) -> Any:
     """The params as one entry per layer: a foreign model's converted by its adapter,
     a list's linen items' variables converted (a Dense's to ``{"w", "b"}``), a function
     net's or a single Layer's wrapped in a one-entry tuple."""
+    if isinstance(params, _Resolved):
+        return params
     adapter = _foreign.find(net)
-    if isinstance(params, (tuple, list)) and len(params) == len(layers):
-        if adapter is not None:
-            return params  # converted already (one entry per layer)
-    elif adapter is not None:
+    if adapter is not None:
         return adapter.params(net, params)
+    if _is_function(net):
+        return (params,)  # the function's own params, whatever their structure
     if isinstance(net, (tuple, list)) and not isinstance(net, Layer):
         if isinstance(params, (tuple, list)) and len(params) == len(net):
             return tuple(
@@ -119,13 +132,17 @@ def _layer_params(net: Any, layers: tuple[Layer, ...], params: Any) -> Any:
     return params
 
 
+def _is_function(net: Any) -> bool:
+    return callable(net) and not isinstance(net, (Layer, tuple, list))
+
+
 def network_apply(net: Any, params: Any):
     """``(apply, params)``: ``apply(params, x, *, train=False, key=None) -> y`` runs the
     whole network (any form :func:`as_layers` accepts), ``params`` one entry per layer
     (converted as :func:`resolve_net` does). ``key`` is split once per layer as
     ``serial`` does."""
     layers, _ = as_layers(net)
-    params = _layer_params(net, layers, params)
+    params = tuple(_layer_params(net, layers, params))
     _check_len(layers, params)
 
     def apply(params, x, *, train=False, key=None):
@@ -161,7 +178,7 @@ def resolve_net(net: Any, params: Any, blocks: bool) -> Network:
     """
     _checks.boolean("blocks", blocks)
     layers, ends = as_layers(net)
-    params = _layer_params(net, layers, params)
+    params = _Resolved(_layer_params(net, layers, params))
     _check_len(layers, params)
     ends = set(range(len(layers))) if not blocks else set(ends)
     for i, layer in enumerate(layers):  # a repeat layer is a block of its own

@@ -10,8 +10,7 @@ import pytest
 
 import jgrad
 from jgrad import nn
-from jgrad.analyze import NonFiniteWarning
-from jgrad.analyze._per_example import ExampleGradNorms, per_example_grad_norms
+from jgrad.analyze import ExampleGradNorms, NonFiniteWarning, per_example_grad_norms
 from tests.helpers import default_promotion
 
 B, N_IN, N_OUT = 5, 3, 4
