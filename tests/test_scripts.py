@@ -99,3 +99,16 @@ def test_bench_svd_quick(tmp_path, monkeypatch, capsys):
     assert by['jgrad svd="host"']["max_log_err"] < 1e-3
     assert data["command"].startswith("python scripts/bench_svd.py --quick")
     assert "max |dlog s|" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_models_quick(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench_models.json"
+    data = _run_script("bench_models.py", ["--quick"], monkeypatch, out)
+    assert data["command"].startswith("python scripts/bench_models.py --quick")
+    comparisons = {r["comparison"] for r in data["rows"]}
+    assert {"per-module grad norms", "input_output_spectrum", "layer_grad_norms"} <= (
+        comparisons
+    )
+    assert all(r["ratio"] > 0 and r["pairs"] == 3 for r in data["rows"])
+    assert "ratio" in capsys.readouterr().out
