@@ -72,6 +72,7 @@ def test_readme_analyze_example_runs():
     )
 
 
+@pytest.mark.slow
 def test_readme_own_model_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 4, "README has no own-model example"
