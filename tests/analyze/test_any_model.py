@@ -343,6 +343,7 @@ def test_dropout_keys_are_split_per_example(getkey):
         _check_against_loop(res, loss, params, xs)
 
 
+@pytest.mark.slow
 def test_jit_matches_eager_and_traces_once(getkey):
     def net(p, x):
         return jnp.tanh(x @ p)

@@ -250,6 +250,7 @@ def test_module_grad_norms_equal_hand_split(getkey):
             np.testing.assert_allclose(10.0**g, np.linalg.norm(w), rtol=rtol)
 
 
+@pytest.mark.slow
 def test_nan_weight_is_reported(getkey):
     model = _mlp(getkey())
     model = eqx.tree_at(

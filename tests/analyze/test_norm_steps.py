@@ -194,6 +194,7 @@ def _near_setup(getkey, rng, L=6, n=10, t=2):
     return net, params, x, segs, shapes, qs, pulled, g, carry, last, group
 
 
+@pytest.mark.slow
 def test_near_pull_gives_q_p_and_the_probe_norms_of_every_product(getkey, rng):
     """The near group's Gram matrices and row logs give ``(Q P_l)(Q P_l)^T`` (Q both
     blocks), its probe logs ``log ||g_j P_l||^2``; the carry is the rows times P_0."""

@@ -247,6 +247,7 @@ def test_rescaled_singular_values_match_svd(kind, rng):
                 np.testing.assert_allclose(batched[k], np.log(ref), rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_qr_sum_is_log_abs_det_but_terms_are_not_singular_values(rng):
     with jax.enable_x64(True):
         for depth, n, pairs in (
