@@ -33,8 +33,9 @@ def rng():
     return np.random.default_rng(20261122)
 
 
-# Parametrized cases whose cost (mostly compiling) puts them in `make test-slow`; the other
-# cases of the same tests stay in `make test`. Whole tests carry @pytest.mark.slow instead.
+# Cases whose cost (mostly compiling, 5-12 s each on 2 cores) puts them in `make test-slow`,
+# so that `make test` stays under 8 minutes; the cheaper cases of the same tests stay in
+# `make test`. Whole tests written slow carry @pytest.mark.slow instead.
 SLOW_CASES = {
     "tests/analyze/test_sweeps.py::test_matrix_free_norms_are_exact_with_full_spaces[3-2]",
     "tests/analyze/test_segments.py::test_every_sweep_is_the_same_with_and_without_runs[kw2]",
@@ -57,6 +58,23 @@ SLOW_CASES = {
     "tests/analyze/test_repeat_public.py::test_nan_in_block_j_is_reported_at_block_j[3]",
     "tests/analyze/test_products.py::test_mean_squared_singular_value_grows_as_chi1"
     "[1.5-0.05-256-depths0-64-0.15]",
+    "tests/rnn/test_fast.py::test_gradients_equal_plain_autodiff[lstm-plain]",
+    "tests/analyze/test_repeat_public.py::"
+    "test_layer_jacobians_and_products_equal_default_layout_float64[tanh]",
+    "tests/analyze/test_repeat_public.py::test_dropout_keys_follow_the_repeat_split",
+    "tests/test_bad_input.py::test_integer_like_sizes_build_the_same_network[np.int64]",
+    "tests/analyze/test_nonfinite.py::test_spectrum_stats_nan_in_nan_out_and_records",
+    "tests/analyze/test_norm_steps.py::test_summarise_concatenates_the_groups_deepest_first",
+    "tests/analyze/test_nonfinite.py::"
+    "test_nan_input_gives_nan_and_forward_index_0_jitted_and_vmapped"
+    "[output_norms_matrix_free]",
+    "tests/analyze/test_repeat.py::test_kernels_with_dropout_key_match_apply",
+    "tests/analyze/test_nonfinite.py::test_dead_relu_gives_minus_inf_and_no_record",
+    "tests/analyze/test_sweeps.py::test_output_sweep_equals_per_layer_products_and_jacrev"
+    "[True-kw2]",
+    "tests/analyze/test_jacobians.py::test_mixed_list_of_layer_flax_module_and_function",
+    "tests/test_readme.py::test_readme_example_runs",
+    "tests/analyze/test_grad_flow.py::test_matches_plain_autodiff_at_every_layer[kwargs1]",
 }
 
 
