@@ -7,7 +7,8 @@ so every analyzer accepts every form registered here:
 
 - ``flax.linen.Sequential``: a chain, one layer per item (``_linen.py``);
 - any other ``flax.linen.Module``: the whole model as one layer; ``module_chain(model,
-  select=...)`` makes the chain of its selected submodule calls (``_linen.py``);
+  in_shape, select=...)`` makes the chain of its selected submodule calls
+  (``_chain.py``);
 - ``flax.nnx.Sequential`` and other NNX modules (``_nnx.py``);
 - ``equinox.nn.Sequential`` and other equinox modules (``_equinox.py``; equinox optional);
 - a function ``fn(params, x) -> y``: one layer (any model, batch-coupled ones included).
@@ -43,7 +44,7 @@ __all__ = [
 
 FORMS = (
     "a jgrad.nn.Layer (serial, mlp, resnet, ...), a flax.linen.Module (nn.Sequential: one "
-    "layer per item), jgrad.analyze.module_chain(model, select=...), a flax.nnx.Module "
+    "layer per item), jgrad.analyze.module_chain(model, in_shape), a flax.nnx.Module "
     "(nnx.Sequential: one layer per item), an equinox.Module (eqx.nn.Sequential: one "
     "layer per item), a function fn(params, x) -> y, or a non-empty list of Layers, "
     "linen modules and functions"
