@@ -4,4 +4,13 @@ __version__ = "0.1.0"
 
 from jgrad import analyze, data, experiments, init, nn, optim, rnn  # noqa: E402
 
-__all__ = ["__version__", "analyze", "data", "experiments", "init", "nn", "optim", "rnn"]
+__all__ = [
+    "__version__",
+    "analyze",
+    "data",
+    "experiments",
+    "init",
+    "nn",
+    "optim",
+    "rnn",
+]
