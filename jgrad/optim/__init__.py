@@ -9,6 +9,9 @@ that records what it did.
   gradients; ``clip_stats(opt_state)`` reads it out of any state that holds one.
 - ``gate(inner, *, skip_above, skip_nonfinite)`` -> skips whole steps (a ``GateState``
   counts them).
+- ``train(loss_fn, params, data, tx, *, steps, key, out, every, checkpoint_every,
+  resume)`` -> a jitted loop with metrics as JSONL, orbax checkpoints, bit-identical
+  resume, and the first non-finite step reported (a ``TrainResult``).
 """
 
 from jgrad.optim._chain import OPTIMIZERS as OPTIMIZERS
@@ -18,13 +21,19 @@ from jgrad.optim._record import GateState as GateState
 from jgrad.optim._record import clip_stats as clip_stats
 from jgrad.optim._record import gate as gate
 from jgrad.optim._record import record_clip as record_clip
+from jgrad.optim._train import Divergence as Divergence
+from jgrad.optim._train import TrainResult as TrainResult
+from jgrad.optim._train import train as train
 
 __all__ = [
     "OPTIMIZERS",
     "ClipStats",
+    "Divergence",
     "GateState",
+    "TrainResult",
     "chain",
     "clip_stats",
     "gate",
     "record_clip",
+    "train",
 ]
