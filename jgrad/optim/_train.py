@@ -303,8 +303,13 @@ def _read_history(path, upto: int) -> list:
     file = path / "metrics.jsonl"
     if not file.exists():
         return []
-    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= upto]
+    rows = []
+    for line in file.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a crash while it was written
+            continue
+    return [r for r in rows if r.get("step", upto + 1) <= upto]
 
 
 def _write_history(path, rows) -> None:

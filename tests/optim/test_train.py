@@ -161,3 +161,67 @@ def test_bad_input(tmp_path):
         optim.train(
             loss2, other, data2, tx, steps=4, out=tmp_path / "c", resume=True, **kw
         )
+
+
+_KILLED_RUN = """
+import sys, jax, jax.numpy as jnp
+from jgrad import optim
+w = {"a": jnp.ones((64, 64))}
+def data(key, step):
+    return jax.random.normal(key, (64,))
+def loss_fn(p, x):
+    return jnp.sum(jnp.tanh(x @ p["a"]) ** 2)
+with jax.numpy_dtype_promotion("standard"):
+    optim.train(loss_fn, w, data, optim.chain("adam", 1e-3), steps=100000,
+                key=jax.random.key(0), out=sys.argv[1], checkpoint_every=1,
+                every=1, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_during_checkpoints_leaves_the_last_one_loadable(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(out)])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait for a few checkpoints, then kill mid-run
+            ckpts = out / "checkpoints"
+            if (
+                ckpts.exists()
+                and len([p for p in ckpts.iterdir() if p.name.isdigit()]) >= 2
+            ):
+                break
+            time.sleep(0.2)
+        time.sleep(0.37)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    w = {"a": jnp.ones((64, 64))}
+
+    def data(key, step):
+        return jax.random.normal(key, (64,))
+
+    def loss_fn(p, x):
+        return jnp.sum(jnp.tanh(x @ p["a"]) ** 2)
+
+    done = [int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
+    res = optim.train(
+        loss_fn,
+        w,
+        data,
+        optim.chain("adam", 1e-3),
+        steps=max(done) + 3,
+        key=jax.random.key(0),
+        out=out,
+        resume=True,
+        every=1,
+        progress=False,
+    )
+    assert res.step == max(done) + 3 and res.divergence is None
+    assert bool(jnp.all(jnp.isfinite(res.params["a"])))
