@@ -110,6 +110,190 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _float_type(flag: str, example: float, *, allow_zero: bool = False):
+    """An argparse ``type=`` for a finite float flag that must be > 0 (or >= 0)."""
+    kind = "a number >= 0" if allow_zero else "a number > 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        ok = value is not None and value == value and abs(value) != float("inf")
+        if not ok or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(
+                f"must be {kind}, got {text!r}. Pass e.g. {flag} {example}."
+            )
+        return value
+
+    parse.__name__ = kind
+    return parse
+
+
+def _train(args: argparse.Namespace) -> int:
+    _make_out(args.parser, args.out)
+    from jgrad.experiments._train_task import TrainConfig, run_train
+
+    config = TrainConfig(
+        task=args.task,
+        seq_len=args.seq_len,
+        cell=args.cell,
+        hidden=args.hidden,
+        optimizer=args.optimizer,
+        learning_rate=args.lr,
+        clip_global_norm=args.clip_global_norm,
+        clip_value=args.clip_value,
+        skip_above=args.skip_above,
+        guard_nonfinite=args.guard_nonfinite,
+        l2=args.l2,
+        weight_decay=args.weight_decay,
+        batch=args.batch,
+        steps=args.steps,
+        every=args.every,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    result = run_train(
+        config, Path(args.out).expanduser(), resume=args.resume, progress=not args.quiet
+    )
+    last = result.history[-1] if result.history else {}
+    print(
+        f"step {result.step}: loss {last.get('loss', float('nan')):.5g}, "
+        f"gradient norm {last.get('grad_norm', float('nan')):.4g}"
+    )
+    print(f"wrote {args.out}/metrics.jsonl, config.json, train.png, checkpoints/")
+    if result.divergence is not None:
+        d = result.divergence
+        print(
+            f"diverged: the loss or gradient went non-finite at step {d.step} "
+            f"(first in {d.leaf or 'the loss'})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _add_train(sub) -> None:
+    from jgrad.experiments._train_task import CELLS, TASKS
+    from jgrad.optim import OPTIMIZERS
+
+    t = sub.add_parser(
+        "train",
+        help="train an RNN on a long-dependency task, every cure a switch",
+        description=(
+            "Train a recurrent network (a jgrad.rnn cell and a dense readout) on a "
+            "generated long-dependency task with a jgrad.optim chain, recording the loss, "
+            "the gradient norm before clipping and the clip factor; writes "
+            "metrics.jsonl, config.json, train.png and orbax checkpoints to --out."
+        ),
+    )
+    t.add_argument(
+        "--task", choices=TASKS, default="adding", help="(default %(default)s)"
+    )
+    t.add_argument(
+        "--seq-len",
+        type=_int_type("--seq-len", 2, 50),
+        default=50,
+        help="sequence length T, >= 2 (default %(default)s)",
+    )
+    t.add_argument(
+        "--cell", choices=CELLS, default="lstm", help="(default %(default)s)"
+    )
+    t.add_argument(
+        "--hidden",
+        type=_int_type("--hidden", 1, 64),
+        default=64,
+        help="hidden units (default %(default)s)",
+    )
+    t.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default="adam", help="(default %(default)s)"
+    )
+    t.add_argument(
+        "--lr",
+        type=_float_type("--lr", 1e-3),
+        default=1e-3,
+        help="learning rate, > 0 (default %(default)s)",
+    )
+    t.add_argument(
+        "--clip-global-norm",
+        type=_float_type("--clip-global-norm", 1.0),
+        default=None,
+        help="clip the gradient's global norm (default: off)",
+    )
+    t.add_argument(
+        "--clip-value",
+        type=_float_type("--clip-value", 0.5),
+        default=None,
+        help="clip every gradient entry (default: off)",
+    )
+    t.add_argument(
+        "--skip-above",
+        type=_float_type("--skip-above", 100.0),
+        default=None,
+        help="skip steps whose gradient norm exceeds this (default: off)",
+    )
+    t.add_argument(
+        "--guard-nonfinite",
+        action="store_true",
+        help="skip steps whose gradient holds a NaN or inf",
+    )
+    t.add_argument(
+        "--l2",
+        type=_float_type("--l2", 1e-4, allow_zero=True),
+        default=0.0,
+        help="L2 penalty added to the gradient (default %(default)s)",
+    )
+    t.add_argument(
+        "--weight-decay",
+        type=_float_type("--weight-decay", 1e-4, allow_zero=True),
+        default=0.0,
+        help="decoupled weight decay (default %(default)s)",
+    )
+    t.add_argument(
+        "--batch",
+        type=_int_type("--batch", 1, 32),
+        default=32,
+        help="(default %(default)s)",
+    )
+    t.add_argument(
+        "--steps",
+        type=_int_type("--steps", 1, 500),
+        default=500,
+        help="(default %(default)s)",
+    )
+    t.add_argument(
+        "--every",
+        type=_int_type("--every", 1, 10),
+        default=10,
+        help="record metrics every n steps (default %(default)s)",
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=_int_type("--checkpoint-every", 1, 100),
+        default=100,
+        help="(default %(default)s)",
+    )
+    t.add_argument(
+        "--seed",
+        type=_int_type("--seed", 0, 0),
+        default=0,
+        help="(default %(default)s)",
+    )
+    t.add_argument(
+        "--out",
+        type=_out_folder,
+        default="runs/train",
+        help="output folder, created if missing (default %(default)s)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --out",
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train, parser=t)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jgrad",
@@ -166,6 +350,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo, parser=d)
+    _add_train(sub)
     return p
 
 
