@@ -151,6 +151,7 @@ def _train(args: argparse.Namespace) -> int:
         steps=args.steps,
         every=args.every,
         checkpoint_every=args.checkpoint_every,
+        time_norms_every=args.time_norms_every,
         seed=args.seed,
     )
     result = run_train(
@@ -274,10 +275,16 @@ def _add_train(sub) -> None:
         help="(default %(default)s)",
     )
     t.add_argument(
+        "--time-norms-every",
+        type=_int_type("--time-norms-every", 1, 100),
+        default=100,
+        help="record log10 ||dL/dh_t|| for every t every n steps (default %(default)s)",
+    )
+    t.add_argument(
         "--seed",
         type=_int_type("--seed", 0, 0),
         default=0,
-        help="(default %(default)s)",
+        help="seed for data and init, >= 0 (default %(default)s)",
     )
     t.add_argument(
         "--out",

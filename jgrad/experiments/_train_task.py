@@ -5,7 +5,8 @@ A :class:`TrainConfig` (plain data, saved as ``config.json``) names the task, th
 every cure; :func:`run_train` builds the data, the model (a ``jgrad.rnn`` cell read by a
 dense readout: of the last step for adding and temporal order, of every step for copy)
 and the loss, trains, and writes ``metrics.jsonl``, ``checkpoints/``, ``config.json`` and
-``train.png`` (loss and global gradient norm per recorded step) to ``out``.
+``train.png`` (loss with its chance level and global gradient norm per recorded step, and
+log10 ||dL/dh_t|| against t at every ``time_norms_every``-th step) to ``out``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class TrainConfig:
     steps: int = 500
     every: int = 10
     checkpoint_every: int | None = 100
+    time_norms_every: int | None = 100
     seed: int = 0
 
 
@@ -164,6 +166,20 @@ def run_train(
         logits = hs @ p["out"]["w"] + p["out"]["b"]
         return task_loss(logits, y)
 
+    def time_norms(p, batch):
+        """log10 ||dL/dh_t|| through time for the batch's first sequence (one backward
+        pass in log space: jgrad.analyze.rnn_grad_norms)."""
+        from jgrad.analyze import rnn_grad_norms
+
+        xs, y = batch
+
+        def one(hs):  # the task loss of example 0 from its (T, H) outputs
+            logits = hs @ p["out"]["w"] + p["out"]["b"]
+            return task_loss(logits[None], y[:1])
+
+        flow = rnn_grad_norms(cell, p["cell"], xs[0], cell.init_carry(), one)
+        return {"log10_time_grad_norms": flow.log10_norm}
+
     out.mkdir(parents=True, exist_ok=True)
     save_json(dataclasses.asdict(config), saved)
     result = optim.train(
@@ -178,6 +194,8 @@ def run_train(
         checkpoint_every=config.checkpoint_every,
         resume=resume,
         progress=progress,
+        record_fn=time_norms if config.time_norms_every else None,
+        record_every=config.time_norms_every,
     )
     plot_train(
         result.history,
@@ -220,7 +238,12 @@ def plot_train(
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    timed = [r for r in history if "log10_time_grad_norms" in r]
+    ncols = 3 if timed else 2
+    fig, axes = plt.subplots(
+        1, ncols, figsize=(5 * ncols, 3.6), constrained_layout=True
+    )
+    a, b = axes[0], axes[1]
     a.plot(steps, [r["loss"] for r in history], color="#0072B2", label="training loss")
     if chance is not None:
         a.axhline(chance, color="0.4", ls="--", lw=1, label="chance level")
@@ -238,6 +261,20 @@ def plot_train(
     b.set_ylabel("global gradient norm ||dL/dθ||")
     b.set_yscale("log")
     b.legend(frameon=False)
+    if timed:
+        c = axes[2]
+        cmap = plt.get_cmap("viridis")
+        for j, r in enumerate(timed):
+            norms = r["log10_time_grad_norms"]
+            c.plot(
+                range(len(norms)),
+                norms,
+                color=cmap(j / max(len(timed) - 1, 1)),
+                label=f"step {r['step']}" if j in (0, len(timed) - 1) else None,
+            )
+        c.set_xlabel("time step t (0: the initial state)")
+        c.set_ylabel("log10 ||dL/dh_t||")
+        c.legend(frameon=False)
     fig.suptitle(title)
     try:
         return save_figure(fig, path, dpi=120)

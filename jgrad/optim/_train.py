@@ -146,6 +146,8 @@ def train(
     checkpoint_every: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    record_fn: Callable[[Any, Any], dict] | None = None,
+    record_every: int | None = None,
 ) -> TrainResult:
     """Trains ``params`` with ``tx``: one jitted step per batch, metrics every ``every``
     steps, orbax checkpoints every ``checkpoint_every``, a tqdm progress bar; stops at
@@ -170,6 +172,11 @@ def train(
         resume: continue from the latest checkpoint in ``out`` (params and optimizer
             state restored with the structure of the given ones).
         progress: show a tqdm progress bar.
+        record_fn: ``record_fn(params, batch) -> dict`` of extra metrics (e.g.
+            ``jgrad.analyze.rnn_grad_norms`` through time), called eagerly after every
+            ``record_every``-th step, its values (arrays as lists) added to that step's
+            row, which is then recorded.
+        record_every: how often ``record_fn`` runs (a positive int; needed with it).
 
     Returns:
         A :class:`TrainResult`.
@@ -187,6 +194,15 @@ def train(
     _checks.prng_key("key", key)
     _checks.boolean("resume", resume)
     _checks.boolean("progress", progress)
+    if record_fn is not None:
+        if not callable(record_fn):
+            raise ValueError(
+                f"`record_fn` must be a function (params, batch) -> dict, got "
+                f"{type(record_fn).__name__}."
+            )
+        record_every = _checks.positive_int(
+            "record_every", record_every, "Pass how often record_fn runs, e.g. 100."
+        )
     for name, fn in (("loss_fn", loss_fn), ("data", data)):
         if not callable(fn):
             raise ValueError(f"`{name}` must be a function, got {type(fn).__name__}.")
@@ -222,8 +238,11 @@ def train(
         params, opt_state, m = step_fn(params, opt_state, batch)
         last = i + 1 == steps
         bad = not (bool(jnp.isfinite(m["loss"])) and bool(jnp.isfinite(m["grad_norm"])))
-        if (i + 1) % every == 0 or last or (bad and not guarded):
+        extra = record_fn is not None and (i + 1) % record_every == 0
+        if (i + 1) % every == 0 or last or extra or (bad and not guarded):
             row = _row(i + 1, m)
+            if extra:
+                row.update(_row(i + 1, record_fn(params, batch)))
             history.append(row)
             if path is not None:
                 _append(path, row)

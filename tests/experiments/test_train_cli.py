@@ -17,7 +17,19 @@ def _standard_promotion():
         yield
 
 
-ARGS = ["--seq-len", "10", "--hidden", "8", "--batch", "4", "--every", "2", "--quiet"]
+ARGS = [
+    "--seq-len",
+    "10",
+    "--hidden",
+    "8",
+    "--batch",
+    "4",
+    "--every",
+    "2",
+    "--quiet",
+    "--time-norms-every",
+    "4",
+]
 
 
 def test_train_writes_its_files_and_resumes(tmp_path, capsys):
@@ -33,6 +45,8 @@ def test_train_writes_its_files_and_resumes(tmp_path, capsys):
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6, 8, 10]
     assert all(0 < r["clip_factor"] <= 1 for r in rows)
+    timed = [r["step"] for r in rows if "log10_time_grad_norms" in r]
+    assert timed == [4, 8] and len(rows[1]["log10_time_grad_norms"]) == 11  # t = 0..10
     assert "step 10" in capsys.readouterr().out
     with pytest.raises(SystemExit) as err:
         cli.main(["train", *ARGS, "--hidden", "16", "--out", str(out), "--resume"])
