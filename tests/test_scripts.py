@@ -112,3 +112,14 @@ def test_bench_models_quick(tmp_path, monkeypatch, capsys):
     )
     assert all(r["ratio"] > 0 and r["pairs"] == 3 for r in data["rows"])
     assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_train_quick(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench_train.json"
+    data = _run_script("bench_train.py", ["--quick"], monkeypatch, out)
+    assert data["command"].startswith("python scripts/bench_train.py --quick")
+    impls = {r["impl"] for r in data["rows"]}
+    assert {"jgrad.optim.chain (recorded)", "jgrad LSTM + jgrad chain"} <= impls
+    assert all(r["ratio"] > 0 and r["pairs"] == 3 for r in data["rows"])
+    assert "ratio" in capsys.readouterr().out

@@ -26,7 +26,9 @@ class ClipStats(NamedTuple):
     Attributes:
         global_norm: () float32, the global norm of the gradient before clipping (0/0
             safe: a zero gradient gives 0).
-        leaf_norms: each leaf's norm before clipping, a pytree like the gradient.
+        leaf_norms: (K,) float32, each leaf's norm before clipping, in the order of
+            ``jax.tree.leaves(grads)`` (one array, not a pytree of scalars, so a jitted
+            step passes one buffer for it).
         clip_factor: () float32, the factor the gradient was multiplied by:
             ``min(1, max_norm / global_norm)`` (1 without a ``max_norm``, and for a zero
             gradient); NaN when the gradient held a NaN or inf.
@@ -72,15 +74,17 @@ def record_clip(max_norm: float | None = None) -> optax.GradientTransformation:
     def init(params):
         return ClipStats(
             global_norm=jnp.zeros((), jnp.float32),
-            leaf_norms=jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params),
+            leaf_norms=jnp.zeros((len(jax.tree.leaves(params)),), jnp.float32),
             clip_factor=jnp.ones((), jnp.float32),
             nonfinite_count=jnp.zeros((), jnp.int32),
         )
 
     def update(updates, state, params=None):
         del params
-        norm = _norm(updates)
-        leaves = jax.tree.map(lambda u: _norm(u).astype(jnp.float32), updates)
+        # each leaf's sum of squares once: the leaf norms and the global norm from them
+        squares = jax.tree.map(lambda u: jnp.sum(jnp.square(u)), updates)
+        norm = jnp.sqrt(sum(jax.tree.leaves(squares)))
+        leaves = jnp.sqrt(jnp.stack(jax.tree.leaves(squares))).astype(jnp.float32)
         finite = jnp.isfinite(norm)
         if max_norm is None:
             factor = jnp.ones((), norm.dtype)

@@ -51,7 +51,9 @@ def test_clip_gives_min_of_norm_and_max_and_records_the_float64_norm(
     np.testing.assert_allclose(
         float(s.clip_factor), min(1.0, max_norm / norm), rtol=1e-5
     )
-    np.testing.assert_allclose(float(s.leaf_norms["w"]), _norm64(g["w"]), rtol=1e-6)
+    # leaf order: jax.tree.leaves, here ("b", "w")
+    np.testing.assert_allclose(float(s.leaf_norms[1]), _norm64(g["w"]), rtol=1e-6)
+    np.testing.assert_allclose(float(s.leaf_norms[0]), _norm64(g["b"]), rtol=1e-6)
     # clipping twice equals clipping once
     u2, _ = tx.update(u, tx.init(g))
     chex.assert_trees_all_close(u2, u, rtol=1e-6)
