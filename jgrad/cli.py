@@ -155,7 +155,11 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     result = run_train(
-        config, Path(args.out).expanduser(), resume=args.resume, progress=not args.quiet
+        config,
+        Path(args.out).expanduser(),
+        resume=args.resume,
+        progress=not args.quiet,
+        tensorboard=args.tensorboard,
     )
     last = result.history[-1] if result.history else {}
     print(
@@ -296,6 +300,11 @@ def _add_train(sub) -> None:
         "--resume",
         action="store_true",
         help="continue from the latest checkpoint in --out",
+    )
+    t.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log to TensorBoard in --out/tensorboard (needs tensorboardX)",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train, parser=t)

@@ -111,7 +111,12 @@ def check_config(config: TrainConfig) -> TrainConfig:
 
 
 def run_train(
-    config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    tensorboard: bool = False,
 ) -> optim.TrainResult:
     """Trains ``config``'s model and writes its files to ``out`` (see the module
     docstring).
@@ -196,6 +201,7 @@ def run_train(
         progress=progress,
         record_fn=time_norms if config.time_norms_every else None,
         record_every=config.time_norms_every,
+        tensorboard=tensorboard,
     )
     plot_train(
         result.history,

@@ -148,6 +148,7 @@ def train(
     progress: bool = True,
     record_fn: Callable[[Any, Any], dict] | None = None,
     record_every: int | None = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Trains ``params`` with ``tx``: one jitted step per batch, metrics every ``every``
     steps, orbax checkpoints every ``checkpoint_every``, a tqdm progress bar; stops at
@@ -177,6 +178,9 @@ def train(
             ``record_every``-th step, its values (arrays as lists) added to that step's
             row, which is then recorded.
         record_every: how often ``record_fn`` runs (a positive int; needed with it).
+        tensorboard: also write every recorded row to TensorBoard under
+            ``out/tensorboard`` (scalars, and a histogram of the log10 leaf gradient
+            norms), with tensorboardX (``pip install 'jgrad[tensorboard]'``).
 
     Returns:
         A :class:`TrainResult`.
@@ -207,6 +211,8 @@ def train(
         if not callable(fn):
             raise ValueError(f"`{name}` must be a function, got {type(fn).__name__}.")
     path = _check_out(out)
+    _checks.boolean("tensorboard", tensorboard)
+    writer = _tensorboard(path) if tensorboard else None
     if resume and path is None:
         raise ValueError("`resume` needs `out`, the directory of the run to resume.")
     opt_state = tx.init(params)
@@ -246,6 +252,8 @@ def train(
             history.append(row)
             if path is not None:
                 _append(path, row)
+            if writer is not None:
+                _log_row(writer, row)
             if bar is not None:
                 bar.set_postfix(
                     loss=f"{row['loss']:.4g}", grad_norm=f"{row['grad_norm']:.3g}"
@@ -261,6 +269,8 @@ def train(
             _save(manager, i + 1, params, opt_state)
     if bar is not None:
         bar.close()
+    if writer is not None:
+        writer.close()
     taken = divergence.step if divergence else steps
     if manager is not None:
         if divergence is None and manager.latest_step() != taken:
@@ -268,6 +278,36 @@ def train(
         manager.wait_until_finished()
         manager.close()
     return TrainResult(params, opt_state, taken, history, divergence)
+
+
+def _tensorboard(path):
+    if path is None:
+        raise ValueError("`tensorboard` needs `out`, the directory to write to.")
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as err:
+        raise ValueError(
+            "`tensorboard` needs tensorboardX, an optional dependency: pip install "
+            "'jgrad[tensorboard]' (or tensorboardX)."
+        ) from err
+    return SummaryWriter(str(path / "tensorboard"))
+
+
+def _log_row(writer, row: dict) -> None:
+    step = row["step"]
+    for k, v in row.items():
+        if k == "step":
+            continue
+        if isinstance(v, list):
+            a = np.asarray(v, np.float64)
+            if k == "leaf_grad_norms":
+                a = np.log10(a[a > 0])
+                k = "log10_leaf_grad_norms"
+            if a.size and np.all(np.isfinite(a)):
+                writer.add_histogram(k, a, step)
+        else:
+            writer.add_scalar(k, v, step)
+    writer.flush()
 
 
 def _row(step: int, m: dict) -> dict:

@@ -261,3 +261,55 @@ def test_clipping_rescues_an_exploding_tanh_rnn_on_the_adding_problem(seed):
     test = data.adding(jax.random.key(999), 2000, 10)
     mse = float(loss_fn(tamed.params, (test.x, test.y)))
     assert tamed.divergence is None and mse < 0.1 < test.chance_loss
+
+
+def _events(folder):
+    """(tag, step, value) of every scalar in the TFRecord event files of ``folder``."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for f in folder.iterdir():
+        raw = f.read_bytes()
+        i = 0
+        while i < len(raw):
+            (n,) = struct.unpack("<Q", raw[i : i + 8])
+            ev = event_pb2.Event.FromString(raw[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                if v.HasField("simple_value"):
+                    out.append((v.tag, ev.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_scalars_equal_the_metrics(tmp_path):
+    pytest.importorskip("tensorboardX")
+    params, data, loss_fn, _ = _digits_setup(8)
+    res = optim.train(
+        loss_fn,
+        params,
+        data,
+        optim.chain("sgd", 0.1, clip_global_norm=1.0),
+        steps=6,
+        key=jax.random.key(0),
+        out=tmp_path,
+        every=3,
+        progress=False,
+        tensorboard=True,
+    )
+    got = {(t, s): v for t, s, v in _events(tmp_path / "tensorboard")}
+    for row in res.history:
+        for k in ("loss", "grad_norm", "clip_factor"):
+            assert got[(k, row["step"])] == pytest.approx(row[k], rel=1e-6)
+    with pytest.raises(ValueError, match="`tensorboard` needs `out`"):
+        optim.train(
+            loss_fn,
+            params,
+            data,
+            optim.chain("sgd", 0.1),
+            steps=1,
+            key=jax.random.key(0),
+            progress=False,
+            tensorboard=True,
+        )
