@@ -10,15 +10,21 @@ from jgrad.experiments._io import atomic_write as atomic_write
 from jgrad.experiments._io import provenance as provenance
 from jgrad.experiments._io import save_figure as save_figure
 from jgrad.experiments._io import save_json as save_json
+from jgrad.experiments._train_task import TrainConfig as TrainConfig
+from jgrad.experiments._train_task import plot_train as plot_train
+from jgrad.experiments._train_task import run_train as run_train
 
 __all__ = [
     "DEMO_NETS",
     "DemoConfig",
+    "TrainConfig",
     "atomic_write",
     "format_table",
     "plot_demo",
+    "plot_train",
     "provenance",
     "run_demo",
+    "run_train",
     "save_figure",
     "save_json",
     "write_demo",

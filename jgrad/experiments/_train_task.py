@@ -22,7 +22,15 @@ import jax.numpy as jnp
 from jgrad import _checks, data, optim, rnn
 from jgrad.experiments._io import save_figure, save_json
 
-__all__ = ["TASKS", "TrainConfig", "run_train", "plot_train"]
+__all__ = [
+    "CELLS",
+    "TASKS",
+    "TrainConfig",
+    "chance_loss",
+    "check_config",
+    "plot_train",
+    "run_train",
+]
 
 TASKS = ("adding", "copy", "temporal_order")
 CELLS = ("vanilla", "lstm", "gru")
