@@ -81,7 +81,9 @@ def _task(config: TrainConfig):
 
         def loss(out, y):
             logp = jax.nn.log_softmax(out)
-            return -jnp.mean(jnp.take_along_axis(logp, y[..., None], -1))
+            ce = -jnp.mean(jnp.take_along_axis(logp, y[..., None], -1))
+            recall = jnp.argmax(out[:, -10:], -1) == y[:, -10:]
+            return ce, {"accuracy": jnp.mean(recall)}  # of the recalled symbols
 
         return draw, 10, 10, loss
 
@@ -91,9 +93,15 @@ def _task(config: TrainConfig):
 
     def loss(out, y):
         logp = jax.nn.log_softmax(out[:, -1])
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], -1))
+        ce = -jnp.mean(jnp.take_along_axis(logp, y[:, None], -1))
+        return ce, {"accuracy": jnp.mean(jnp.argmax(out[:, -1], -1) == y)}
 
     return draw, 6, 4, loss
+
+
+def _scalar(out):
+    """The loss of a task loss that may also return metrics."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _cell(config: TrainConfig):
@@ -177,7 +185,7 @@ def run_train(
         carry0 = cell.init_carry((xs.shape[0],))
         _, hs = rnn.unroll_batch(cell, p["cell"], xs, carry0)
         logits = hs @ p["out"]["w"] + p["out"]["b"]
-        return task_loss(logits, y)
+        return task_loss(logits, y)  # the loss, or (loss, {"accuracy": ...})
 
     def time_norms(p, batch):
         """log10 ||dL/dh_t|| through time for the batch's first sequence (one backward
@@ -188,7 +196,7 @@ def run_train(
 
         def one(hs):  # the task loss of example 0 from its (T, H) outputs
             logits = hs @ p["out"]["w"] + p["out"]["b"]
-            return task_loss(logits[None], y[:1])
+            return _scalar(task_loss(logits[None], y[:1]))
 
         flow = rnn_grad_norms(cell, p["cell"], xs[0], cell.init_carry(), one)
         return {"log10_time_grad_norms": flow.log10_norm}

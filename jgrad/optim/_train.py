@@ -239,11 +239,14 @@ def train(
         bar = tqdm(total=steps, initial=start, desc="train", unit="step")
     divergence = None
     guarded = _clip_info(opt_state)[1] is not None
+    nonfinite_steps = history[-1].get("nonfinite_steps", 0) if history else 0
     for i in range(start, steps):
         batch = data(jax.random.fold_in(key, i), i)
         params, opt_state, m = step_fn(params, opt_state, batch)
         last = i + 1 == steps
         bad = not (bool(jnp.isfinite(m["loss"])) and bool(jnp.isfinite(m["grad_norm"])))
+        nonfinite_steps += int(bad)
+        m["nonfinite_steps"] = nonfinite_steps
         extra = record_fn is not None and (i + 1) % record_every == 0
         if (i + 1) % every == 0 or last or extra or (bad and not guarded):
             row = _row(i + 1, m)
