@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jgrad import _checks
+
 __all__ = ["ClipStats", "GateState", "clip_stats", "gate", "record_clip"]
 
 
@@ -57,6 +59,9 @@ def record_clip(max_norm: float | None = None) -> optax.GradientTransformation:
         max_norm: the largest global norm let through, > 0; None records without
             clipping.
 
+    Raises:
+        ValueError: ``max_norm`` not a number > 0.
+
     Returns:
         An ``optax.GradientTransformation`` whose state is a :class:`ClipStats`.
 
@@ -70,6 +75,11 @@ def record_clip(max_norm: float | None = None) -> optax.GradientTransformation:
         >>> [round(float(v), 6) for v in u["w"]]
         [0.6, 0.8]
     """
+
+    if max_norm is not None:
+        max_norm = _checks.positive(
+            "max_norm", max_norm, "Pass a norm > 0 (e.g. 1.0), or None to only record."
+        )
 
     def init(params):
         return ClipStats(

@@ -344,6 +344,12 @@ def _restore(manager, params, opt_state):
     target = {"params": params, "opt_state": opt_state}
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    except (OSError, RuntimeError) as err:  # missing or corrupt files
+        raise ValueError(
+            f"`resume`: the checkpoint at step {step} in {manager.directory} cannot be "
+            f"read ({type(err).__name__}: {err}). Delete that step's folder to resume "
+            "from the one before, or start a new `out`."
+        ) from err
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(
             f"`resume`: the checkpoint at step {step} in {manager.directory} does not "

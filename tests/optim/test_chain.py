@@ -251,3 +251,9 @@ def test_bad_input_is_a_value_error_naming_the_argument(kwargs, match):
 def test_clip_stats_of_a_state_without_them():
     with pytest.raises(ValueError, match="`opt_state` must be the state of a chain"):
         optim.clip_stats(optax.sgd(0.1).init({"w": jnp.ones(2)}))
+
+
+def test_record_clip_refuses_a_non_positive_max_norm():
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="`max_norm`"):
+            optim.record_clip(bad)

@@ -313,3 +313,15 @@ def test_tensorboard_scalars_equal_the_metrics(tmp_path):
             progress=False,
             tensorboard=True,
         )
+
+
+def test_an_unreadable_checkpoint_is_a_value_error(tmp_path):
+    params, data, loss_fn, _ = _digits_setup(8)
+    tx = optim.chain("sgd", 0.1)
+    kw = dict(key=jax.random.key(0), progress=False, out=tmp_path)
+    optim.train(loss_fn, params, data, tx, steps=2, **kw)
+    for f in (tmp_path / "checkpoints" / "2").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="`resume`"):
+        optim.train(loss_fn, params, data, tx, steps=4, resume=True, **kw)
