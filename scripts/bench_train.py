@@ -14,6 +14,9 @@ rounds' ratios, in the default environment:
    (``jgrad.rnn.unroll_batch``) with the jgrad chain against flax's
    ``nn.RNN(nn.OptimizedLSTMCell(256))`` with the bare optax chain, the same readout and
    loss. Goal: at least 1.3x the steps per second (a ratio of times at most 0.77).
+3. When torch is installed: the same LSTM training step in torch (``nn.LSTM`` +
+   ``nn.Linear``, ``clip_grad_norm_(1.0)``, ``torch.optim.Adam(1e-3)``; CUDA when JAX runs
+   on a GPU), against the jgrad step.
 
     python scripts/bench_train.py
     python scripts/bench_train.py --quick       # a smoke run (small sizes)
@@ -37,6 +40,7 @@ from jgrad.experiments._bench import (
     interleaved_times,
     median_ratio,
     summary,
+    torch_device,
     write_results,
 )
 
@@ -58,6 +62,36 @@ def _runner(step, params, tx, batch):
         p, s, loss = step(state[0], state[1], batch)
         jax.block_until_ready(loss)
         state[0], state[1] = p, s
+
+    return run
+
+
+def _torch_lstm_step(task, H):
+    """One torch LSTM training step on the adding batch (forward, backward, global-norm
+    clipping, Adam), as a function to time; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    dev = torch_device()
+    lstm = torch.nn.LSTM(2, H, batch_first=True).to(dev)
+    head = torch.nn.Linear(H, 1, bias=False).to(dev)
+    params = [*lstm.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    xs = torch.as_tensor(jax.device_get(task.x)).to(dev)
+    y = torch.as_tensor(jax.device_get(task.y)).to(dev)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        hs, _ = lstm(xs)
+        loss = ((head(hs[:, -1])[:, 0] - y) ** 2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        else:
+            loss.item()
 
     return run
 
@@ -166,6 +200,16 @@ def main(argv=None) -> None:
         args.rounds,
         rows,
     )
+    torch_run = _torch_lstm_step(task, H)
+    if torch_run is None:
+        print("torch not installed: no torch comparison (pip install torch)")
+    else:
+        _pair(
+            f"LSTM adding ({B}, {T}, {H})",
+            {"jgrad LSTM + jgrad chain": ours_lstm, "torch nn.LSTM + Adam": torch_run},
+            args.rounds,
+            rows,
+        )
     write_results(
         "bench_train.py", argv, args.out, rows, device=device_label(), sizes=[B, T, H]
     )

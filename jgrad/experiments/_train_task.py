@@ -252,8 +252,9 @@ def _title(config: TrainConfig) -> str:
 def plot_train(
     history: list, path: str | Path, *, title: str = "", chance: float | None = None
 ) -> Path:
-    """Loss (with the chance level, dashed) and global gradient norm per recorded step,
-    log scales, written atomically."""
+    """Loss (with the chance level, dashed) and gradient norms (global, and each layer's)
+    per recorded step, log scales, and log10 ||dL/dh_t|| against t where recorded,
+    written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,8 +278,17 @@ def plot_train(
         steps,
         [r["grad_norm"] for r in history],
         color="#D55E00",
-        label="before clipping",
+        label="global, before clipping",
     )
+    layers = history[0].get("param_grad_norms", {}) if history else {}
+    for j, name in enumerate(layers):
+        b.plot(
+            steps,
+            [r["param_grad_norms"][name] for r in history],
+            lw=0.8,
+            ls=(0, (4, 1 + j)),
+            label=f"layer {name}",
+        )
     b.set_xlabel("step")
     b.set_ylabel("global gradient norm ||dL/dθ||")
     b.set_yscale("log")

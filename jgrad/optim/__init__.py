@@ -7,6 +7,8 @@ that records what it did.
 - ``record_clip(max_norm)`` -> global-norm clipping whose state (a ``ClipStats``) holds the
   norm before clipping, each leaf's norm, the factor applied and the count of non-finite
   gradients; ``clip_stats(opt_state)`` reads it out of any state that holds one.
+- ``record_layers(net, loss)`` -> a ``record_fn`` for ``train``: each layer's log10
+  gradient norms (activations and params) from ``jgrad.analyze.layer_grad_norms``.
 - ``gate(inner, *, skip_above, skip_nonfinite)`` -> skips whole steps (a ``GateState``
   counts them).
 - ``train(loss_fn, params, data, tx, *, steps, key, out, every, checkpoint_every,
@@ -16,6 +18,7 @@ that records what it did.
 
 from jgrad.optim._chain import OPTIMIZERS as OPTIMIZERS
 from jgrad.optim._chain import chain as chain
+from jgrad.optim._layers import record_layers as record_layers
 from jgrad.optim._record import ClipStats as ClipStats
 from jgrad.optim._record import GateState as GateState
 from jgrad.optim._record import clip_stats as clip_stats
@@ -35,5 +38,6 @@ __all__ = [
     "clip_stats",
     "gate",
     "record_clip",
+    "record_layers",
     "train",
 ]

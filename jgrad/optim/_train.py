@@ -2,12 +2,13 @@
 orbax and resumes bit-identically.
 
 Each step draws its batch with ``data(jax.random.fold_in(key, step), step)``, so a run is
-determined by its key and the step it is at: resuming from a checkpoint at step k (params,
-optimizer state, step) replays the same batches and gives the metrics of an
-uninterrupted run. Checkpoints are orbax's (``ocp.CheckpointManager``), which writes each
-one to a temporary directory and renames it when complete, so a crash while writing leaves
-the previous checkpoint loadable. Metrics go to ``metrics.jsonl`` (one line per recorded
-step, flushed as written; on resume the lines after the checkpoint are dropped).
+determined by its key and the step it is at (the data position): resuming from a
+checkpoint at step k (params, optimizer state, the run's PRNG key, step) replays the same
+batches and gives the metrics of an uninterrupted run. Checkpoints are orbax's
+(``ocp.CheckpointManager``), which writes each one to a temporary directory and renames it
+when complete, so a crash while writing leaves the previous checkpoint loadable. Metrics
+go to ``metrics.jsonl`` (one line per recorded step, flushed as written; on resume the
+lines after the checkpoint are dropped).
 """
 
 from __future__ import annotations
@@ -37,11 +38,19 @@ class Divergence(NamedTuple):
         leaf: the path of the first parameter leaf (in tree order) whose gradient was
             non-finite, or None when only the loss was.
         grad_norms: the global gradient norms of the recorded steps before it.
+        leaves: the paths of every parameter leaf whose gradient was non-finite.
+        record: ``record_fn(params, batch)`` at that step's params and batch (before
+            the update), when ``train`` was given a ``record_fn``, else None: with
+            :func:`jgrad.optim.record_layers`, ``nonfinite_forward_layer`` and
+            ``nonfinite_backward_layer`` say which layer went non-finite first, going
+            forward and going back.
     """
 
     step: int
     leaf: str | None
     grad_norms: list
+    leaves: list
+    record: dict | None
 
 
 class TrainResult(NamedTuple):
@@ -68,6 +77,11 @@ def _paths(tree) -> list[str]:
         jax.tree_util.keystr(p)
         for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
     ]
+
+
+def _groups(names: list[str]) -> list[str]:
+    """Each leaf path's first key: the layer (top-level entry of params) it belongs to."""
+    return [n[: n.index("]") + 1] if "]" in n else "params" for n in names]
 
 
 def _clip_info(opt_state):
@@ -226,12 +240,13 @@ def train(
             options=ocp.CheckpointManagerOptions(max_to_keep=2),
         )
         if resume:
-            params, opt_state, start = _restore(manager, params, opt_state)
+            params, opt_state, start = _restore(manager, params, opt_state, key)
     history = _read_history(path, start) if resume else []
     if path is not None:
         _write_history(path, history)
     step_fn = _make_step(loss_fn, tx)
     names = _paths(params)
+    groups = _groups(names)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -242,6 +257,7 @@ def train(
     nonfinite_steps = history[-1].get("nonfinite_steps", 0) if history else 0
     for i in range(start, steps):
         batch = data(jax.random.fold_in(key, i), i)
+        before = params
         params, opt_state, m = step_fn(params, opt_state, batch)
         last = i + 1 == steps
         bad = not (bool(jnp.isfinite(m["loss"])) and bool(jnp.isfinite(m["grad_norm"])))
@@ -249,7 +265,7 @@ def train(
         m["nonfinite_steps"] = nonfinite_steps
         extra = record_fn is not None and (i + 1) % record_every == 0
         if (i + 1) % every == 0 or last or extra or (bad and not guarded):
-            row = _row(i + 1, m)
+            row = _row(i + 1, m, names, groups)
             if extra:
                 row.update(_row(i + 1, record_fn(params, batch)))
             history.append(row)
@@ -265,11 +281,17 @@ def train(
             bar.update(1)
         if bad and not guarded:
             finite = np.asarray(m["leaf_finite"])
-            leaf = names[int(np.argmin(finite))] if not finite.all() else None
-            divergence = Divergence(i + 1, leaf, [r["grad_norm"] for r in history[:-1]])
+            leaves = [n for n, f in zip(names, finite, strict=True) if not f]
+            divergence = Divergence(
+                i + 1,
+                leaves[0] if leaves else None,
+                [r["grad_norm"] for r in history[:-1]],
+                leaves,
+                None if record_fn is None else _row(i + 1, record_fn(before, batch)),
+            )
             break
         if manager is not None and checkpoint_every and (i + 1) % checkpoint_every == 0:
-            _save(manager, i + 1, params, opt_state)
+            _save(manager, i + 1, params, opt_state, key)
     if bar is not None:
         bar.close()
     if writer is not None:
@@ -277,7 +299,7 @@ def train(
     taken = divergence.step if divergence else steps
     if manager is not None:
         if divergence is None and manager.latest_step() != taken:
-            _save(manager, taken, params, opt_state)
+            _save(manager, taken, params, opt_state, key)
         manager.wait_until_finished()
         manager.close()
     return TrainResult(params, opt_state, taken, history, divergence)
@@ -301,8 +323,11 @@ def _log_row(writer, row: dict) -> None:
     for k, v in row.items():
         if k == "step":
             continue
-        if isinstance(v, list):
-            a = np.asarray(v, np.float64)
+        if k == "param_grad_norms":
+            for name, v1 in v.items():
+                writer.add_scalar(f"param_grad_norms/{name}", v1, step)
+        elif isinstance(v, (list, dict)):
+            a = np.asarray(list(v.values()) if isinstance(v, dict) else v, np.float64)
             if k == "leaf_grad_norms":
                 a = np.log10(a[a > 0])
                 k = "log10_leaf_grad_norms"
@@ -313,26 +338,43 @@ def _log_row(writer, row: dict) -> None:
     writer.flush()
 
 
-def _row(step: int, m: dict) -> dict:
+def _row(step: int, m: dict, names=None, groups=None) -> dict:
+    """One metrics row of plain Python numbers; with ``names``, the leaf norms keyed by
+    leaf path and ``param_grad_norms`` per layer (summed in float64)."""
     row = {"step": step}
     for k, v in m.items():
         if k in ("leaf_finite",):
             continue
         v = np.asarray(v)
         row[k] = v.tolist() if v.ndim else float(v) if v.dtype.kind == "f" else int(v)
+    if names is not None and "leaf_grad_norms" in row:
+        norms = np.asarray(row["leaf_grad_norms"], np.float64)
+        row["leaf_grad_norms"] = dict(zip(names, norms.tolist(), strict=True))
+        sq: dict[str, float] = {}
+        for g, n in zip(groups, norms, strict=True):
+            sq[g] = sq.get(g, 0.0) + float(n) ** 2
+        row["param_grad_norms"] = {g: float(np.sqrt(v)) for g, v in sq.items()}
     return row
 
 
-def _save(manager, step, params, opt_state) -> None:
+def _key_data(key) -> np.ndarray:
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(key))
+    return np.asarray(key)
+
+
+def _save(manager, step, params, opt_state, key) -> None:
     import orbax.checkpoint as ocp
 
     manager.save(
         step,
-        args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+        args=ocp.args.StandardSave(
+            {"params": params, "opt_state": opt_state, "key": _key_data(key)}
+        ),
     )
 
 
-def _restore(manager, params, opt_state):
+def _restore(manager, params, opt_state, key):
     import orbax.checkpoint as ocp
 
     step = manager.latest_step()
@@ -341,7 +383,7 @@ def _restore(manager, params, opt_state):
             f"`resume` found no checkpoint in {manager.directory}. Start the run without "
             "resume=True, or pass the `out` of the run to resume."
         )
-    target = {"params": params, "opt_state": opt_state}
+    target = {"params": params, "opt_state": opt_state, "key": _key_data(key)}
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except (OSError, RuntimeError) as err:  # missing or corrupt files
@@ -364,6 +406,13 @@ def _restore(manager, params, opt_state):
                 f"`resume`: the checkpoint's {name} do not match this run's (shapes "
                 f"{got} vs {want}). Resume with the same model, or start a new `out`."
             )
+    if not np.array_equal(restored["key"], target["key"]):
+        raise ValueError(
+            f"`key`: the checkpoint at step {step} in {manager.directory} was written "
+            f"by a run with another PRNG key (key data {restored['key'].tolist()}, got "
+            f"{target['key'].tolist()}); resuming with it would draw other batches. "
+            "Pass the run's key, or start a new `out`."
+        )
     return restored["params"], restored["opt_state"], int(step)
 
 
