@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from jgrad import analyze, data, experiments, init, nn, optim, rnn  # noqa: E402
+from jgrad import analyze, data, experiments, init, nn, optim, rnn, theory  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -13,4 +13,5 @@ __all__ = [
     "nn",
     "optim",
     "rnn",
+    "theory",
 ]
