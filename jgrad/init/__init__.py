@@ -1,5 +1,7 @@
 """Initializers with the ``jax.nn.initializers`` signature ``init(key, shape, dtype)``."""
 
+from jgrad.init._critical import critical_gaussian as critical_gaussian
+from jgrad.init._critical import critical_orthogonal as critical_orthogonal
 from jgrad.init._initializers import NAMES as NAMES
 from jgrad.init._initializers import Initializer as Initializer
 from jgrad.init._initializers import constant as constant
@@ -21,6 +23,8 @@ __all__ = [
     "NAMES",
     "Initializer",
     "constant",
+    "critical_gaussian",
+    "critical_orthogonal",
     "fans",
     "gaussian",
     "gaussian_bias",
