@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jgrad
+from jgrad.experiments._repro_cmd import add_repro
 
 __all__ = ["main"]
 
@@ -367,6 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo, parser=d)
     _add_train(sub)
+    add_repro(sub, _out_folder, _int_type)
     return p
 
 
