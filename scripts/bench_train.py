@@ -31,6 +31,7 @@ import argparse
 import flax.linen as fnn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import jgrad
@@ -78,8 +79,8 @@ def _torch_lstm_step(task, H):
     head = torch.nn.Linear(H, 1, bias=False).to(dev)
     params = [*lstm.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3)
-    xs = torch.as_tensor(jax.device_get(task.x)).to(dev)
-    y = torch.as_tensor(jax.device_get(task.y)).to(dev)
+    xs = torch.tensor(np.array(task.x)).to(dev)
+    y = torch.tensor(np.array(task.y)).to(dev)
 
     def run():
         opt.zero_grad(set_to_none=True)
