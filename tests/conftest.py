@@ -97,6 +97,9 @@ SLOW_CASES = {
     "tests/analyze/test_sweeps.py::test_output_sweep_equals_per_layer_products_and_jacrev"
     "[True-kw0]",
     "tests/analyze/test_rnn.py::test_overflow_warns_naming_first_nonfinite_step",
+    # each compiles a phase-diagram sweep (5-6 s); tests/theory/test_phase.py keeps one
+    "jgrad/theory/_phase.py::jgrad.theory._phase.phase_diagram",
+    "jgrad/theory/_phase.py::jgrad.theory._phase.phase_probe",
 }
 
 
