@@ -214,7 +214,12 @@ def orthogonal(gain: float = 1.0) -> Initializer:
         fans(shape)  # validates rank
         rows, cols = math.prod(shape[:-1]), shape[-1]
         n, m = max(rows, cols), min(rows, cols)
+        # The draw is float32 for every dtype (the same Haar sample), the QR in the
+        # wider of float32 and dtype, so a float64 weight is orthogonal to float64's
+        # rounding, not float32's.
         a = jax.random.normal(key, (n, m), jnp.float32)
+        if jnp.finfo(dtype).bits > 32:
+            a = a.astype(dtype)
         q, r = jnp.linalg.qr(a)
         q = q * jnp.sign(jnp.diagonal(r))[None, :]
         if rows < cols:

@@ -196,6 +196,18 @@ def test_orthogonal_get_uses_sqrt_weight_var():
     np.testing.assert_allclose(w.T @ w, 4.0 * np.eye(64), atol=1e-4)
 
 
+def test_orthogonal_float64_is_orthogonal_to_float64_rounding():
+    # The QR runs in the requested dtype: a float64 weight is orthogonal to ~1e-15 (a
+    # float32 QR cast up is off by ~1e-7), and it is the float32 weight's draw.
+    key = jax.random.key(3)
+    with jax.enable_x64():
+        w64 = np.asarray(init.orthogonal(1.5)(key, (64, 64), jnp.float64))
+        assert w64.dtype == np.float64
+        np.testing.assert_allclose(w64.T @ w64, 2.25 * np.eye(64), rtol=0, atol=1e-13)
+        w32 = np.asarray(init.orthogonal(1.5)(key, (64, 64)), np.float64)
+    np.testing.assert_allclose(w64, w32, atol=1e-5)
+
+
 def test_orthogonal_is_haar():
     # The QR sign fix makes Q Haar-distributed, so Q[0, 0] is symmetric about 0. Without it
     # Householder QR returns q00 = -|a00| / ||a0||, always of one sign. 400 draws: the
