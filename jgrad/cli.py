@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jgrad
 from jgrad.experiments._repro_cmd import add_repro
+from jgrad.experiments._sweep_task import add_sweep
 
 __all__ = ["main"]
 
@@ -369,6 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo, parser=d)
     _add_train(sub)
     add_repro(sub, _out_folder, _int_type)
+    add_sweep(sub, _out_folder, _int_type)
     return p
 
 
