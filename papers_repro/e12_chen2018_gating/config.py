@@ -22,7 +22,8 @@ the gate); ``jgrad.analyze.rnn_step_jacobians`` gives the step Jacobians and
 sigma_max / T`` (``method="rescaled"``), the spread is the standard deviation of all H
 values ``ln sigma_i / T`` (``method="qr"``, the finite-time Lyapunov spectrum).
 
-Command: ``jgrad repro e12`` (``--quick`` for one seed). CPU time: about 15 s.
+Command: ``jgrad repro e12`` (``--quick`` for one seed). CPU time: about 45 s (quick
+27 s) on the shared 2-core machine.
 
 Expected (``../shared/research/papers.md`` E12; the last bound calibrated with 2
 prototype seeds):

@@ -17,15 +17,16 @@ BN-ReLU stack with identity skips well below either.
 Setup: width 512, a batch of B unit Gaussian inputs, a Gaussian cotangent at the top (L =
 sum(y * g)), 3 seeds (1 with --quick). Plain BN-ReLU: ``jgrad.nn.mlp(30, 512,
 activation="relu", norm="batch")`` (dense -> batch norm without affine part -> ReLU,
-weight_var 1), B = 256 (128 with --quick). ResNet: ``mlp(..., residual=True)``, the same dense, batch norm
-and ReLU as pre-activation branches ``x + dense(relu(BN(x)))`` (weight_var 1), B = 128.
-SELU: ``mlp(40, 512, activation="selu", init="lecun_normal")``, zero biases, no
-normalization, B = 128. Measured with ``jgrad.analyze.layer_grad_norms`` (``train=True``
-where batch norm couples the batch): the per-layer factor is ``exp(-slope)`` of ``ln
-||dL/dx^l||^2`` against l over the middle layers (3 dropped at each end), the slope
-averaged over seeds.
+weight_var 1), B = 256 (128 with --quick). ResNet: ``mlp(..., residual=True)``, the same
+dense, batch norm and ReLU as pre-activation branches ``x + dense(relu(BN(x)))``
+(weight_var 1), B = 128. SELU: ``mlp(40, 512, activation="selu", init="lecun_normal")``,
+zero biases, no normalization, B = 128. Measured with
+``jgrad.analyze.layer_grad_norms`` (``train=True`` where batch norm couples the batch):
+the per-layer factor is ``exp(-slope)`` of ``ln ||dL/dx^l||^2`` against l over the middle
+layers (3 dropped at each end), the slope averaged over seeds.
 
-Command: ``jgrad repro e5`` (``--quick``: one seed, B = 128 for BN-ReLU). CPU time: about 30 s (quick 12 s).
+Command: ``jgrad repro e5`` (``--quick``: one seed, B = 128 for BN-ReLU). CPU time:
+about 55 s (quick 34 s) on the shared 2-core machine.
 
 Expected (``../shared/research/papers.md`` C6, E1(c), E5; the ResNet bound calibrated
 with 6 prototype seeds, see below):

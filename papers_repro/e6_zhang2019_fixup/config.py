@@ -21,7 +21,7 @@ and batch. He branches: both layers variance 2/n; Fixup-scaled: W1 variance 2/(n
 kept He for this statistic (the real Fixup init sets W2 = 0, and then ``x_L = x_0``
 exactly, also checked).
 
-Command: ``jgrad repro e6`` (``--quick`` for one seed). CPU time: about 10 s.
+Command: ``jgrad repro e6`` (``--quick`` for one seed). CPU time: about 20 s (quick 18 s).
 
 Expected (``../shared/research/papers.md`` E6; derived there and simulated):
 

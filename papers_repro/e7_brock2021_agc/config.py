@@ -20,7 +20,8 @@ dense(relu(x))``, no normalization: the forward second moment doubles per block)
 with learning rate 1.0, batch 128, 500 steps, with and without AGC (lambda = 0.01 on
 every parameter, the final layer included), 3 seeds (1 with --quick).
 
-Command: ``jgrad repro e7`` (``--quick`` for one seed). CPU time: about 60 s (quick 20 s).
+Command: ``jgrad repro e7`` (``--quick`` for one seed). CPU time: about 65 s (quick
+27 s) on the shared 2-core machine.
 
 Expected (``../shared/research/papers.md`` E7; (b) calibrated with 4 prototype seeds):
 
