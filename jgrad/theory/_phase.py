@@ -104,12 +104,41 @@ def _check_net(activation: Any, depth: Any, width: Any, n_inputs: Any):
     return depth, width, n_inputs
 
 
+def _scaled_dense(width: int):
+    """``z = sqrt(weight_var / width) * (h @ w) + sqrt(bias_var) * b`` with params
+    ``{"w": (width, width) unit normals, "b": (width,) unit normals, "sw", "sb": ()}``.
+
+    The scales are parameters of their own, so under ``vmap`` over grid points the
+    unit-normal weights stay one array shared by every point (common random numbers)
+    and each layer is ONE matmul over all points' activations, instead of a scaled
+    copy of the weights per point."""
+    from jgrad.nn import Layer, LayerInfo
+    from jgrad.nn._layer import check_apply, lead
+
+    def init(key, in_shape):
+        params = {
+            "w": jax.random.normal(key, (in_shape[-1], width), jnp.float32),
+            "b": jnp.zeros((width,), jnp.float32),
+            "sw": jnp.ones((), jnp.float32),
+            "sb": jnp.zeros((), jnp.float32),
+        }
+        return (width,), params
+
+    def apply(params, x, *, train=False, key=None, return_state=False):
+        check_apply(x, train, key, return_state)
+        y = x @ params["w"]
+        y = params["sw"] * y + lead(params["sb"] * params["b"], y.ndim)
+        return (y, params) if return_state else y
+
+    return Layer(init, apply, LayerInfo(in_rank=1))
+
+
 @functools.lru_cache(maxsize=32)
 def _network(activation: str, depth: int, width: int):
     from jgrad import nn
 
-    block = nn.serial(nn.elementwise(activation), nn.dense(width))
-    return nn.serial(nn.dense(width), nn.repeat(block, depth - 1))
+    block = nn.serial(nn.elementwise(activation), _scaled_dense(width))
+    return nn.serial(_scaled_dense(width), nn.repeat(block, depth - 1))
 
 
 def phase_probe(
@@ -128,8 +157,11 @@ def phase_probe(
     Returns:
         ``probe(weight_var, bias_var, key) -> PhaseProbe``, pure and traceable in all
         three arguments (scalars; ``key`` a PRNG key). It draws from ``key`` the unit
-        normals of the weights, biases, inputs and output cotangent, scales them by
-        ``sqrt(weight_var / width)`` and ``sqrt(bias_var)``, and measures the network
+        normals of the weights, biases, inputs and output cotangent; each layer
+        computes ``sqrt(weight_var / width) * (h @ w) + sqrt(bias_var) * b`` (the
+        scales are parameters of their own, so under ``vmap`` over variances the
+        weights stay shared and each layer is one matmul over every grid point's
+        activations); it measures the network
         with ``jgrad.analyze.layer_grad_norms`` (one rescaled backward pass) and
         ``jgrad.analyze.input_output_spectrum`` (one sweep and one SVD, O(L N^3)).
         Float32.
@@ -156,9 +188,15 @@ def phase_probe(
         k_w, k_b, k_x, k_g = jax.random.split(key, 4)
         sw = jnp.sqrt(jnp.asarray(weight_var, jnp.float32) / width)
         sb = jnp.sqrt(jnp.asarray(bias_var, jnp.float32))
-        w = jax.random.normal(k_w, (depth, width, width), jnp.float32) * sw
-        b = jax.random.normal(k_b, (depth, width), jnp.float32) * sb
-        params = ({"w": w[0], "b": b[0]}, ({}, {"w": w[1:], "b": b[1:]}))
+        w = jax.random.normal(k_w, (depth, width, width), jnp.float32)
+        b = jax.random.normal(k_b, (depth, width), jnp.float32)
+        sws = jnp.broadcast_to(sw, (depth,))
+        sbs = jnp.broadcast_to(sb, (depth,))
+
+        def layers(sl):
+            return {"w": w[sl], "b": b[sl], "sw": sws[sl], "sb": sbs[sl]}
+
+        params = (layers(0), ({}, layers(slice(1, None))))
         x = jax.random.normal(k_x, (n_inputs, width), jnp.float32)
         g = jax.random.normal(k_g, (n_inputs, width), jnp.float32)
         flow = analyze.layer_grad_norms(net, params, x, lambda y: jnp.sum(y * g))
