@@ -106,14 +106,19 @@ def svd_where(svd: str, shape: tuple[int, ...]) -> str:
 def svdvals(m, svd="auto"):
     """Singular values (descending) of ``m`` (..., r, n), without singular vectors.
 
-    ``svd="auto"``: ``"host"`` for matrices with both sides >= ``HOST_SVD_MIN`` (128),
-    except on TPUs, else ``"device"``. ``svd="device"``: XLA's SVD where the array lives
+    ``svd="auto"``: ``"host"`` for float32 matrices with both sides >= ``HOST_SVD_MIN``
+    (128), except on TPUs, else ``"device"`` (float64 stays on the device: a callback may
+    run on an XLA thread outside a ``jax.enable_x64()`` context, where JAX would read the
+    float64 result back as float32). ``svd="device"``: XLA's SVD where the array lives
     (LAPACK ``gesdd`` on CPU). Called on the transpose: the singular values are the same,
     and LAPACK's column-major operand is then the row-major array XLA already holds, so no
     transposing copy is made (about 15% of the SVD time at n = 256 on CPU).
     ``svd="host"``: LAPACK ``?gesdd`` on the host CPU through a callback, threaded over
     the batch (see ``jgrad.analyze._host_svd``)."""
-    if svd_where(svd, m.shape) == "host":
+    where = svd_where(svd, m.shape)
+    if svd == "auto" and m.dtype == jnp.float64:
+        where = "device"
+    if where == "host":
         return host_svdvals(m)
     return jnp.linalg.svd(jnp.swapaxes(m, -1, -2), compute_uv=False)
 
