@@ -90,7 +90,7 @@ def main(argv=None):
         cases, rounds = [(4, 8, 3, 2, 1, 2)], 1
     else:
         # (depth, width, weight_vars, bias_vars, seeds, inputs)
-        cases = [(20, 32, 16, 16, 2, 8), (20, 64, 16, 16, 2, 8)]
+        cases = [(20, 16, 16, 16, 2, 8), (20, 32, 16, 16, 2, 8), (20, 64, 16, 16, 2, 8)]
         rounds = args.rounds
     print(f"device: {device_label()}")
     rows = []

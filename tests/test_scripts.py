@@ -123,3 +123,16 @@ def test_bench_train_quick(tmp_path, monkeypatch, capsys):
     assert {"jgrad.optim.chain (recorded)", "jgrad LSTM + jgrad chain"} <= impls
     assert all(r["ratio"] > 0 and r["pairs"] == 3 for r in data["rows"])
     assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_sweep_quick(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench_sweep.json"
+    data = _run_script("bench_sweep.py", ["--quick"], monkeypatch, out)
+    assert data["command"].startswith("python scripts/bench_sweep.py --quick")
+    impls = {r["impl"] for r in data["rows"]}
+    assert impls == {"vmapped sweep", "python loop"}
+    assert all(r["points_per_second"] > 0 and r["pairs"] == 1 for r in data["rows"])
+    # the two ways measure the same networks: the same numbers
+    assert all(r["max_abs_diff_log10_grad_norm"] < 1e-4 for r in data["rows"])
+    assert "speedup" in capsys.readouterr().out

@@ -329,6 +329,10 @@ def _sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     s = run_sweep(config, Path(args.out).expanduser(), progress=not args.quiet)
+    import jax
+
+    if jax.process_index() != 0:  # every process holds the diagram; process 0 writes
+        return 0
     print(
         f"{s['grid_points']} grid points x {config.seeds} seeds in {s['seconds']:.1f} s "
         f"({s['grid_points_per_second']:.1f} points/s); measured vs theory |log10 χ₁|: "

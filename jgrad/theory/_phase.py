@@ -331,8 +331,8 @@ def phase_diagram(
         key: a PRNG key, split into ``seeds`` keys.
         n_inputs: inputs per network (see :func:`phase_probe`).
         chunk_size: grid points per run of the compiled program, a multiple of the
-            mesh's device count; None: the whole grid in one chunk. Memory per chunk
-            is about ``chunk_size * seeds * depth * width**2 * 12`` bytes.
+            mesh's device count; None: the whole grid in one chunk. Memory grows
+            linearly with ``chunk_size * seeds``.
         mesh: a ``jax.sharding.Mesh`` whose devices share the grid axis (split over
             the product of all its axes); None: a 1-D mesh over ``jax.devices()``.
         theory: also evaluate ``jgrad.theory.mean_field`` at every point (it
