@@ -33,7 +33,7 @@ from jgrad.experiments._bench import (
     summary,
     write_results,
 )
-from jgrad.theory._phase import phase_diagram, phase_probe
+from jgrad.theory import phase_diagram, phase_probe
 
 
 def _case(depth, width, n_w, n_b, seeds, n_inputs, rounds):

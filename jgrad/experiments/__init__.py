@@ -20,6 +20,8 @@ from jgrad.experiments._runner import format_row as format_row
 from jgrad.experiments._runner import run_finding as run_finding
 from jgrad.experiments._runner import run_findings as run_findings
 from jgrad.experiments._runner import verdict as verdict
+from jgrad.experiments._sweep_task import SweepConfig as SweepConfig
+from jgrad.experiments._sweep_task import run_sweep as run_sweep
 from jgrad.experiments._train_task import TrainConfig as TrainConfig
 from jgrad.experiments._train_task import plot_train as plot_train
 from jgrad.experiments._train_task import run_train as run_train
@@ -28,11 +30,13 @@ __all__ = [
     "Check",
     "Finding",
     "Result",
+    "SweepConfig",
     "Verdict",
     "find_findings",
     "format_row",
     "run_finding",
     "run_findings",
+    "run_sweep",
     "verdict",
     "DEMO_NETS",
     "DemoConfig",

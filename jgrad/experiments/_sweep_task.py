@@ -108,8 +108,7 @@ def run_sweep(config: SweepConfig, out: str | Path, progress: bool = True) -> di
     """
     import jax
 
-    from jgrad.theory import critical_weight_var
-    from jgrad.theory._phase import phase_diagram
+    from jgrad.theory import critical_weight_var, phase_diagram
 
     out = Path(out)
     wv, bv = config.grid()
@@ -316,6 +315,12 @@ def _sweep(args: argparse.Namespace) -> int:
 
     wr = _range(args.parser, "--weight-var", args.weight_var, positive=True)
     br = _range(args.parser, "--bias-var", args.bias_var, positive=False)
+    from jgrad.theory._phase import _check_net
+
+    try:  # refuse a bad network before --out is created
+        _check_net(args.activation, args.depth, args.width, args.n_inputs)
+    except ValueError as err:
+        args.parser.error(str(err))
     _make_out(args.parser, args.out)
     config = SweepConfig(
         activation=args.activation,

@@ -11,6 +11,10 @@ gradient explosion rate.
   Gauss-Hermite quadrature (even rules).
 - ``batch_norm_grad_growth(activation, batch_size)``: the per-layer growth of the squared
   gradient norm in deep batch-normalized networks (Yang et al. 2019).
+- ``phase_diagram(activation, weight_vars, bias_vars, *, depth, width, seeds, key)`` ->
+  a ``PhaseDiagram``: measured chi_1, q^l and Jacobian mean squares over a grid x seeds
+  as one jitted, vmapped program, chunked and sharded over the devices, with the theory
+  at every point; ``phase_probe`` measures one network.
 """
 
 from jgrad.theory._batch_norm import batch_norm_grad_growth as batch_norm_grad_growth
@@ -27,9 +31,15 @@ from jgrad.theory._mean_field import depth_scales as depth_scales
 from jgrad.theory._mean_field import length_map as length_map
 from jgrad.theory._mean_field import mean_field as mean_field
 from jgrad.theory._mean_field import q_fixed_point as q_fixed_point
+from jgrad.theory._phase import PhaseDiagram as PhaseDiagram
+from jgrad.theory._phase import PhaseProbe as PhaseProbe
+from jgrad.theory._phase import phase_diagram as phase_diagram
+from jgrad.theory._phase import phase_probe as phase_probe
 
 __all__ = [
     "MeanField",
+    "PhaseDiagram",
+    "PhaseProbe",
     "batch_norm_grad_growth",
     "c_fixed_point",
     "chi1",
@@ -42,5 +52,7 @@ __all__ = [
     "length_map",
     "mean_field",
     "pair_expectation",
+    "phase_diagram",
+    "phase_probe",
     "q_fixed_point",
 ]

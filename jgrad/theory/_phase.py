@@ -172,7 +172,7 @@ def phase_probe(
 
     Examples:
         >>> import jax
-        >>> from jgrad.theory._phase import phase_probe
+        >>> from jgrad.theory import phase_probe
         >>> probe = phase_probe("relu", depth=4, width=16)
         >>> keys = jax.random.split(jax.random.key(0), 3)  # three networks
         >>> p = jax.jit(jax.vmap(probe, in_axes=(None, None, 0)))(2.0, 0.0, keys)
@@ -361,7 +361,7 @@ def phase_diagram(
         networks within a few percent):
 
         >>> import jax
-        >>> from jgrad.theory._phase import phase_diagram
+        >>> from jgrad.theory import phase_diagram
         >>> d = phase_diagram("relu", [1.0, 2.0, 3.0], [0.0, 0.1],
         ...     depth=6, width=64, seeds=2, key=jax.random.key(0))
         >>> d.chi1.shape, d.q.shape, d.theory.chi1[:, 0].tolist()
