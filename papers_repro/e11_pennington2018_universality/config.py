@@ -24,7 +24,8 @@ the spectrum of dy/dx by ``jgrad.analyze.input_output_spectrum``; the variance o
 L = 64 at the q* chosen for L = 4 (predicted variance 3.2; not with --quick): without
 the scaling the spectrum spreads.
 
-Command: ``jgrad repro e11`` (``--quick`` for 1 seed). CPU time: about 30 s (quick 12 s).
+Command: ``jgrad repro e11`` (``--quick`` for 1 seed). CPU time: about 150 s (quick
+46 s), wall, on the shared 2-core CPU at a load of about 6.
 
 Expected (papers.md: measured variance within +-15% of the prediction at N = 512; C4's
 prototype of the same formula gave var/pred 1.001-1.011 at L <= 16):

@@ -29,8 +29,8 @@ cotangent at the top (L = sum(y * g)); ``jgrad.analyze.layer_grad_norms`` gives
 ln ||dL/dh^l||^2 against l (positive: growing toward the input), averaged over 6 seeds
 (2 with --quick).
 
-Command: ``jgrad repro e1`` (``--quick`` for 2 backward seeds). CPU time: about 35 s
-(quick 15 s).
+Command: ``jgrad repro e1`` (``--quick`` for 2 backward seeds). CPU time: about 40 s
+(quick 19 s), wall, on the shared 2-core CPU at a load of about 6.
 
 Expected (the Jacobian's entries and singular value [src]: the official notebook and
 Mathematica file, reproduced here by quadrature; ``../shared/research/papers.md``):

@@ -21,8 +21,8 @@ weight_var=2.0)`` (every layer ends in a ReLU, zero biases) on inputs of width 6
 architecture (600 with --quick). ``E||J u||^2 = width / 64`` exactly (the first layer
 maps 64 to width units), so ``mean_sq_*`` report ``E||J u||^2 * 64 / width``.
 
-Command: ``jgrad repro e2`` (``--quick`` for 600 samples). CPU time: about 60 s (quick
-20 s).
+Command: ``jgrad repro e2`` (``--quick`` for 600 samples). CPU time: about 70 s (quick
+45 s), wall, on the shared 2-core CPU at a load of about 6.
 
 Expected (tolerances from papers.md's prototype: 1.42, 1.33, 1.35 at beta = 0.25 and
 2.70, 2.69 at beta = 0.5; means 0.94-1.08):

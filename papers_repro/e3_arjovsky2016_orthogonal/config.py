@@ -26,8 +26,8 @@ uniform over the 8 symbols), and the adding problem (``jgrad.data.adding``, T = 
 10^5 sequences) scored by always predicting 1; each next to the generator's
 ``chance_loss``.
 
-Command: ``jgrad repro e3`` (``--quick`` for 8 sequences). CPU time: about 15 s (quick
-10 s).
+Command: ``jgrad repro e3`` (``--quick`` for 8 sequences). CPU time: about 19 s (quick
+17 s), wall, on the shared 2-core CPU at a load of about 6.
 
 Expected (``../shared/research/papers.md``; the paper's LaTeX in the official repository):
 

@@ -25,7 +25,8 @@ of the same forward pass), relative to its largest entry. (b) Forget bias ``b_f`
 w_hh_init="glorot_normal")``) with the rate ``(1/T) ln ||dh_T/dh_0||_2``. 4 seeds (2
 with --quick); rates and gaps seed-averaged.
 
-Command: ``jgrad repro e4`` (``--quick`` for 2 seeds). CPU time: about 20 s (quick 12 s).
+Command: ``jgrad repro e4`` (``--quick`` for 2 seeds). CPU time: about 22 s (quick 10 s),
+wall, on the shared 2-core CPU at a load of about 6.
 
 Expected (``../shared/research/papers.md``; its forget-gate check was uncalibrated and
 is calibrated here: tolerance about three standard errors of 4 prototype seeds):
