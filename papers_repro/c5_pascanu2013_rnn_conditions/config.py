@@ -23,7 +23,7 @@ gradients of L = sum(h_T * g) of each network, and the same scaled by 1e-3 and 1
 ``jgrad.optim.chain("sgd", 0.01, clip_global_norm=1.0)`` (Pascanu's default c = 1),
 read back with ``jgrad.optim.clip_stats``.
 
-Command: ``jgrad repro c5`` (``--quick`` for 5 sequences). CPU time: about 30 s (quick
+Command: ``jgrad repro c5`` (``--quick`` for 5 sequences). CPU time: about 25 s (quick
 20 s).
 
 Expected (``../shared/research/papers.md``):

@@ -10,16 +10,16 @@ near the linear regime) and its per-layer factor of the squared gradient norm:
 ``(B - 2) / (B - 3)`` for the identity at batch size B and ``pi / (pi - 1) = 1.466942``
 for ReLU as B -> infinity (``jgrad.theory.batch_norm_grad_growth``).
 
-Setup: ``jgrad.nn.mlp(30, 512, norm="batch")`` (dense -> batch norm without affine part
--> activation; weight_var 1, which batch norm makes irrelevant), a batch of B unit
-Gaussian inputs, a Gaussian cotangent at the top (L = sum(y * g)), 3 seeds (2 with
---quick). Measured with ``jgrad.analyze.layer_grad_norms(..., train=True)`` (batch norm's
-backward pass over the batch, the exact batch Jacobian's): the per-layer factor is
-``exp(-slope)`` of ``ln ||dL/dh^l||^2`` against l over the middle layers (3 dropped at
-each end), the slope averaged over seeds. Cases: linear at B = 8 and 16, ReLU at B = 32
-and 128.
+Setup: ``jgrad.nn.mlp(30, 512, norm="batch")`` (dense -> batch norm, scale 1 and offset
+0 as initialized, eps 1e-5 -> activation; weight_var 1, which batch norm makes
+irrelevant), a batch of B unit Gaussian inputs, a Gaussian cotangent at the top (L =
+sum(y * g)), 3 seeds (2 with --quick). Measured with
+``jgrad.analyze.layer_grad_norms(..., train=True)`` (batch norm's backward pass over the
+batch, the exact batch Jacobian's): the per-layer factor is ``exp(-slope)`` of ``ln
+||dL/dh^l||^2`` against l over the middle layers (3 dropped at each end), the slope
+averaged over seeds. Cases: linear at B = 8 and 16, ReLU at B = 32 and 128.
 
-Command: ``jgrad repro c6`` (``--quick`` for 2 seeds). CPU time: about 20 s (quick 14 s).
+Command: ``jgrad repro c6`` (``--quick`` for 2 seeds). CPU time: about 30 s (quick 30 s).
 
 Expected (tolerances at about three standard errors of the prototype runs;
 ``../shared/research/papers.md``):
