@@ -30,7 +30,7 @@ Expected (``../shared/research/papers.md``):
 
 - bound_violations: <= 0 [src]
 - identity_max_rel_err: <= 1e-10 [num]
-- tanh_rate_rho1.5: <= 0.405465 [num]
+- tanh_rate_rho1_5: <= 0.405465 [num]
 - clip_norm_rel_err: <= 1e-06 [src]
 - clip_cosine_err: <= 1e-06 [src]
 - clip_recorded_norm_rel_err: <= 1e-06 [num]
@@ -161,7 +161,7 @@ def run(config: dict, key) -> Result:
         numbers.update(_clip_checks(grads, config))
     numbers["bound_violations"] = violations
     numbers["identity_max_rel_err"] = identity_err
-    numbers["tanh_rate_rho1.5"] = numbers["tanh_rho1.5_max_rate"]
+    numbers["tanh_rate_rho1_5"] = numbers["tanh_rho1.5_max_rate"]
     return Result(numbers, arrays)
 
 
