@@ -270,6 +270,13 @@ def _compiled(kern: Kernels, what: str):
     return jax.jit(jnp.vectorize(fns[what]))
 
 
+def _evaluate(what, activation, weight_var, bias_var, degree, quadrature):
+    """Validates the arguments (before tracing) and runs the compiled ``what``."""
+    kern = _kern(activation, degree, quadrature)
+    w, b = _floats(_variance("weight_var", weight_var), _variance("bias_var", bias_var))
+    return _compiled(kern, what)(w, b)
+
+
 def _kern(activation, degree, quadrature):
     degree = _degree(degree)
     _checks.boolean("quadrature", quadrature)
@@ -312,9 +319,7 @@ def mean_field(
         >>> round(float(jgrad.theory.mean_field("relu", 1.5, 0.1).q_star), 6)
         0.4
     """
-    kern = _kern(activation, degree, quadrature)
-    w, b = _floats(_variance("weight_var", weight_var), _variance("bias_var", bias_var))
-    return _compiled(kern, "mean_field")(w, b)
+    return _evaluate("mean_field", activation, weight_var, bias_var, degree, quadrature)
 
 
 def q_fixed_point(
@@ -327,9 +332,7 @@ def q_fixed_point(
 ) -> jax.Array:
     """q*, the stable fixed point of the length map (see :class:`MeanField`:
     0, ``inf`` without a fixed point, NaN when marginal)."""
-    kern = _kern(activation, degree, quadrature)
-    w, b = _floats(_variance("weight_var", weight_var), _variance("bias_var", bias_var))
-    return _compiled(kern, "q")(w, b)
+    return _evaluate("q", activation, weight_var, bias_var, degree, quadrature)
 
 
 def chi1(
@@ -348,9 +351,7 @@ def chi1(
         >>> float(jgrad.theory.chi1("relu", 3.0, 0.5))  # weight_var / 2, any bias_var
         1.5
     """
-    kern = _kern(activation, degree, quadrature)
-    w, b = _floats(_variance("weight_var", weight_var), _variance("bias_var", bias_var))
-    return _compiled(kern, "chi1")(w, b)
+    return _evaluate("chi1", activation, weight_var, bias_var, degree, quadrature)
 
 
 def c_fixed_point(
