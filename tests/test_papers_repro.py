@@ -5,12 +5,23 @@ finding passes in quick mode (slow tier)."""
 import pathlib
 import re
 
+import jax
 import pytest
 
 from jgrad import experiments
 from jgrad.experiments import Check
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "papers_repro"
+
+
+@pytest.fixture(autouse=True)
+def _default_promotion():
+    """The findings run as a user runs them: JAX's default promotion rules, not the
+    strict ones the rest of the suite checks the library under."""
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        yield
+
+
 FINDINGS = experiments.find_findings(ROOT)
 CORE = [f for f in FINDINGS if FINDINGS[f].core]
 
