@@ -34,9 +34,7 @@ import jgrad
 from jgrad import analyze
 from jgrad.experiments._bench import (
     device_label,
-    interleaved_times,
-    median_ratio,
-    summary,
+    timed_pair,
     write_results,
 )
 
@@ -57,26 +55,6 @@ def _sequential(depth, width):
     for _ in range(depth):
         layers += [fnn.Dense(width), jnp.tanh]
     return fnn.Sequential([*layers, fnn.Dense(width)])
-
-
-def _pair(name, fns, rounds, rows):
-    times = interleaved_times(fns, rounds)
-    ours, base = list(fns)
-    ratio = median_ratio(times, ours, base)
-    row = {
-        "comparison": name,
-        "impl": ours,
-        "baseline": base,
-        "impl_seconds": summary(times[ours])["seconds"],
-        "baseline_seconds": summary(times[base])["seconds"],
-        "ratio": ratio,
-        "pairs": rounds,
-    }
-    rows.append(row)
-    print(
-        f"{name:<28} {ours:<34} {row['impl_seconds'] * 1e3:9.2f} ms  "
-        f"{base:<30} {row['baseline_seconds'] * 1e3:9.2f} ms  ratio {ratio:5.2f}"
-    )
 
 
 def main(argv=None) -> None:
@@ -106,7 +84,7 @@ def main(argv=None) -> None:
 
     mgn = jax.jit(lambda v, x: analyze.module_grad_norms(model, v, x, loss))
     grad = jax.jit(jax.grad(lambda v, x: loss(model.apply(v, x))))
-    _pair(
+    timed_pair(
         "per-module grad norms",
         {
             "module_grad_norms": lambda: jax.block_until_ready(mgn(variables, xs)),
@@ -140,7 +118,7 @@ def main(argv=None) -> None:
 
         ours = jax.jit(lambda p, v, fn=fn: fn(seq, p, v))
         mine = jax.jit(lambda p, v, fn=fn: fn(net, p, v))
-        _pair(
+        timed_pair(
             name,
             {
                 "flax nn.Sequential": lambda o=ours, v=data: jax.block_until_ready(
@@ -155,7 +133,7 @@ def main(argv=None) -> None:
         )
         if name != "layer_grad_norms":
             via = jax.jit(lambda p, v, fn=fn: fn(chain, p, v))
-            _pair(
+            timed_pair(
                 name,
                 {
                     "flax module_chain (autodiff)": lambda c=via: jax.block_until_ready(

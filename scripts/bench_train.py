@@ -38,9 +38,7 @@ import jgrad
 from jgrad import data, optim, rnn
 from jgrad.experiments._bench import (
     device_label,
-    interleaved_times,
-    median_ratio,
-    summary,
+    timed_pair,
     torch_device,
     write_results,
 )
@@ -97,26 +95,6 @@ def _torch_lstm_step(task, H):
     return run
 
 
-def _pair(name, fns, rounds, rows):
-    times = interleaved_times(fns, rounds)
-    ours, base = list(fns)
-    ratio = median_ratio(times, ours, base)
-    row = {
-        "comparison": name,
-        "impl": ours,
-        "baseline": base,
-        "impl_seconds": summary(times[ours])["seconds"],
-        "baseline_seconds": summary(times[base])["seconds"],
-        "ratio": ratio,
-        "pairs": rounds,
-    }
-    rows.append(row)
-    print(
-        f"{name:<24} {ours:<30} {row['impl_seconds'] * 1e3:8.2f} ms  {base:<30} "
-        f"{row['baseline_seconds'] * 1e3:8.2f} ms  ratio {ratio:5.3f}"
-    )
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -140,7 +118,7 @@ def main(argv=None) -> None:
     def mlp_loss(p, b):
         return jnp.mean((net.apply(p, b) - 0.5 * b) ** 2)
 
-    _pair(
+    timed_pair(
         f"MLP {depth}x{width}, B {batch}",
         {
             "jgrad.optim.chain (recorded)": _runner(
@@ -167,7 +145,7 @@ def main(argv=None) -> None:
         return jnp.mean((hs[:, -1] @ p["w"] - y) ** 2)
 
     ours_lstm = _runner(_step(lstm_loss, ours_tx), lp, ours_tx, lb)
-    _pair(
+    timed_pair(
         f"LSTM ({B}, {T}, {H})",
         {
             "jgrad.optim.chain (recorded)": ours_lstm,
@@ -190,7 +168,7 @@ def main(argv=None) -> None:
         xs, y = b
         return jnp.mean((model.apply(v, xs) - y) ** 2)
 
-    _pair(
+    timed_pair(
         f"LSTM adding ({B}, {T}, {H})",
         {
             "jgrad LSTM + jgrad chain": ours_lstm,
@@ -205,7 +183,7 @@ def main(argv=None) -> None:
     if torch_run is None:
         print("torch not installed: no torch comparison (pip install torch)")
     else:
-        _pair(
+        timed_pair(
             f"LSTM adding ({B}, {T}, {H})",
             {"jgrad LSTM + jgrad chain": ours_lstm, "torch nn.LSTM + Adam": torch_run},
             args.rounds,

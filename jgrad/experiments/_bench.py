@@ -17,6 +17,7 @@ __all__ = [
     "interleaved_times",
     "median_ratio",
     "summary",
+    "timed_pair",
     "blas_threads",
     "matmul_gflops",
     "write_results",
@@ -83,6 +84,30 @@ def summary(ts: list[float]) -> dict[str, float]:
     med = statistics.median(ts)
     q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
     return {"seconds": med, "iqr": (q[2] - q[0]) / med}
+
+
+def timed_pair(name: str, fns: Mapping, rounds: int, rows: list) -> dict:
+    """Times ``fns`` (jgrad's function first, the baseline's second) in ``rounds``
+    interleaved rounds, appends the row (median times, the median of the rounds'
+    ratios) to ``rows``, prints it and returns it."""
+    times = interleaved_times(fns, rounds)
+    ours, base = list(fns)
+    ratio = median_ratio(times, ours, base)
+    row = {
+        "comparison": name,
+        "impl": ours,
+        "baseline": base,
+        "impl_seconds": summary(times[ours])["seconds"],
+        "baseline_seconds": summary(times[base])["seconds"],
+        "ratio": ratio,
+        "pairs": rounds,
+    }
+    rows.append(row)
+    print(
+        f"{name:<28} {ours:<34} {row['impl_seconds'] * 1e3:9.2f} ms  "
+        f"{base:<30} {row['baseline_seconds'] * 1e3:9.2f} ms  ratio {ratio:5.3f}"
+    )
+    return row
 
 
 def blas_threads() -> dict[str, int]:
